@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import string
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -51,6 +52,9 @@ class TaskSpec:
     """The id of the underlying simulator env, for reference and recordings."""
     expert_factory: Callable[[], Expert] | None = field(default=None, repr=False, compare=False)
     """Builds this task's scripted expert, or None when the task has none."""
+    vec_factory: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    """Optional native (e.g. GPU-batched) vector env: vec_factory(num_envs=, seed=, **options) -> a vector env with
+    the batched contract of envs.vector, or None when it cannot run here (then make_vec uses process workers)."""
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -92,5 +96,51 @@ def get_spec(task_id: str) -> TaskSpec:
 
 
 def make(task_id: str, **options: Any) -> gym.Env:
-    """Build one env for `task_id`; options go to the backend factory (e.g. image_size, render_mode, seed)."""
+    """Build one env for `task_id`; options go to the backend factory (e.g. image_size); seed it with reset(seed=)."""
     return get_spec(task_id).factory(**options)
+
+
+# ---- The observation/action contract (envs/__init__.py), shared by the backends -------------------------------
+
+ACTION_DIM = 7
+GRIPPER = 6
+"""Index of the gripper in [dx, dy, dz, droll, dpitch, dyaw, gripper]."""
+ACTION_LOW = np.array([-1, -1, -1, -1, -1, -1, 0], np.float32)
+ACTION_HIGH = np.ones(ACTION_DIM, np.float32)
+INSTRUCTION_CHARSET = string.printable
+
+
+def action_space() -> gym.spaces.Box:
+    """The contract's action space: six end-effector deltas in [-1, 1] and gripper openness in [0, 1]."""
+    return gym.spaces.Box(ACTION_LOW, ACTION_HIGH, (ACTION_DIM,), np.float32)
+
+
+def observation_space(image_hw: tuple[int, int], state_low: np.ndarray, state_high: np.ndarray) -> gym.spaces.Dict:
+    """The contract's observation space for images of `image_hw` = (H, W) and a state with the given bounds."""
+    return gym.spaces.Dict(
+        {
+            "image": gym.spaces.Box(0, 255, (*image_hw, 3), np.uint8),
+            "instruction": gym.spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
+            "state": gym.spaces.Box(np.float32(state_low), np.float32(state_high), dtype=np.float32),
+        }
+    )
+
+
+def image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(H, W) from the `image_size` option: an int for square images or an (H, W) pair."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if h < 8 or w < 8:
+        raise ValueError(f"image_size must be at least 8 pixels, got {image_size!r}")
+    return int(h), int(w)
+
+
+def check_action(action: Any) -> np.ndarray:
+    """The action as float32 [7], clipped into the action space; a wrong shape or NaN/inf raises ValueError."""
+    action = np.asarray(action, dtype=np.float32)
+    if action.shape != (ACTION_DIM,):
+        raise ValueError(
+            f"action must have shape ({ACTION_DIM},) = [dx, dy, dz, droll, dpitch, dyaw, gripper], got {action.shape}"
+        )
+    if not np.all(np.isfinite(action)):
+        raise ValueError(f"action contains NaN or inf: {action}")
+    return np.clip(action, ACTION_LOW, ACTION_HIGH)

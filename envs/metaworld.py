@@ -1,0 +1,274 @@
+"""Meta-World 3 (MuJoCo) tasks for the Sawyer arm: ids "metaworld/<task>", suite "metaworld", backend "mujoco".
+
+Tasks: all 50 Meta-World v3 tasks (MT50; `MT10` lists the MT10 subset), each with an instruction written from its
+goal and a fixed horizon (`TASKS`) set from the scripted expert's episode lengths, shorter than Meta-World's 500.
+
+Randomizations: every reset draws the task's object and goal positions uniformly from Meta-World's per-task ranges,
+using the env's own RNG (Meta-World's `seeded_rand_vec` mode). reset(seed=s) reseeds that RNG, so the same seed
+gives the same scene, and reset() continues the stream. (Meta-World's benchmark API instead freezes one of 50
+pre-sampled positions per `Task`; we unfreeze it so that every seed gets its own scene.)
+
+Success: Meta-World's own per-task criterion, info["success"] from its `evaluate_state` (e.g. pick-place: the puck
+within 7 cm of the goal). By default the episode terminates on success (`terminate_on_success=True`, as ManiSkill3
+does; Meta-World itself never terminates) and is truncated after the task's horizon.
+
+Reward: Meta-World's dense shaped reward (v2 reward functions, in [0, 10]) or, with reward="sparse", 1.0 on a
+successful step and 0.0 otherwise.
+
+Actions (`to_metaworld_action`, the only conversion): contract [dx, dy, dz, droll, dpitch, dyaw, gripper] ->
+Meta-World [dx, dy, dz, grab_effort].
+  - dx, dy, dz in [-1, 1] pass through unchanged: Meta-World moves the mocap target by action * 0.01 m, so 1.0 is
+    1 cm per step, in Meta-World's world frame (x right, y away from the robot base, z up).
+  - droll, dpitch, dyaw are dropped: the Sawyer hand's orientation is fixed in Meta-World.
+  - gripper openness o in [0, 1] (1 = open) -> grab_effort = 1 - 2 o in [-1, 1] (+1 squeezes the fingers shut).
+  `from_metaworld_action` is the inverse, used to record Meta-World's experts in the contract's convention.
+
+Images (`MetaWorldEnv._render`): the `camera` (default "corner") rendered at `image_size` with MSAA and shadows off
+(about 2x faster, facts in shared/notes). Meta-World's corner cameras are mounted upside down (their image-up axis
+points below the horizon); their images are rotated by 180 degrees, which gives the upright, unmirrored view.
+
+State: float32 [4] = hand position (x, y, z in metres) and the fingers' opening in [0, 1] (1 = open).
+
+Rendering uses MuJoCo's off-screen GL: MUJOCO_GL defaults to "egl" (set below, before mujoco is imported);
+"osmesa" also works where EGL is unavailable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.registry import GRIPPER, TaskSpec, action_space, check_action, image_hw, observation_space, register
+
+# MuJoCo picks its GL backend when first imported; off-screen EGL needs no display. Respect a user's choice.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+SUITE = "metaworld"
+META_WORLD_ACTION_SCALE = 0.01
+"""Metres the hand target moves per step for an xyz action of 1.0 (Meta-World's `action_scale`)."""
+
+# name -> (instruction, horizon). Horizons: ~1.5-2x the expert's usual episode length (measured, 8 seeds each).
+TASKS: dict[str, tuple[str, int]] = {
+    "assembly": ("pick up the nut and put it onto the peg", 200),
+    "basketball": ("pick up the ball and dunk it into the basket", 200),
+    "bin-picking": ("pick up the puck from the red bin and place it into the blue bin", 250),
+    "box-close": ("pick up the lid and put it on the box to close it", 250),
+    "button-press-topdown": ("press the button down from the top", 150),
+    "button-press-topdown-wall": ("reach over the wall and press the button down from the top", 150),
+    "button-press": ("push the button on the front of the box", 150),
+    "button-press-wall": ("reach around the wall and push the button on the front of the box", 150),
+    "coffee-button": ("press the button on the coffee machine", 100),
+    "coffee-pull": ("pull the mug out from under the coffee machine to the goal", 150),
+    "coffee-push": ("push the mug under the coffee machine", 150),
+    "dial-turn": ("turn the dial", 150),
+    "disassemble": ("pick the nut up off the peg", 250),
+    "door-close": ("push the door closed", 150),
+    "door-lock": ("turn the door's lock down to lock it", 200),
+    "door-open": ("pull the door open by its handle", 150),
+    "door-unlock": ("turn the door's lock to unlock it", 100),
+    "hand-insert": ("move the hand into the hole in the table", 150),
+    "drawer-close": ("push the drawer closed", 150),
+    "drawer-open": ("pull the drawer open by its handle", 150),
+    "faucet-open": ("turn the faucet handle to open it", 150),
+    "faucet-close": ("turn the faucet handle to close it", 150),
+    "hammer": ("pick up the hammer and hammer the nail into the wall", 150),
+    "handle-press-side": ("press the handle down from the side", 100),
+    "handle-press": ("press the handle down", 100),
+    "handle-pull-side": ("pull the handle up from the side", 200),
+    "handle-pull": ("pull the handle up", 200),
+    "lever-pull": ("pull the lever up", 150),
+    "peg-insert-side": ("pick up the peg and insert it sideways into the hole in the box", 250),
+    "pick-place-wall": ("pick up the puck, lift it over the wall and place it at the goal", 150),
+    "pick-out-of-hole": ("pick the puck out of the hole and lift it to the goal", 200),
+    "reach": ("move the gripper to the goal", 100),
+    "push-back": ("push the puck backward to the goal", 250),
+    "push": ("push the puck to the goal", 150),
+    "pick-place": ("pick up the puck and place it at the goal", 150),
+    "plate-slide": ("slide the plate into the goal net", 100),
+    "plate-slide-side": ("slide the plate sideways into the goal net", 100),
+    "plate-slide-back": ("slide the plate back out of the goal net", 150),
+    "plate-slide-back-side": ("slide the plate sideways out of the goal net", 100),
+    "peg-unplug-side": ("pull the peg out of the box sideways", 250),
+    "soccer": ("push the ball into the goal", 200),
+    "stick-push": ("pick up the stick and use it to push the thermos to the goal", 150),
+    "stick-pull": ("pick up the stick and use it to pull the thermos to the goal", 250),
+    "push-wall": ("push the puck around the wall to the goal", 150),
+    "reach-wall": ("reach over the wall to the goal", 100),
+    "shelf-place": ("pick up the puck and place it on the shelf", 250),
+    "sweep-into": ("sweep the puck into the hole", 150),
+    "sweep": ("sweep the puck off the edge of the table", 150),
+    "window-open": ("slide the window open", 150),
+    "window-close": ("slide the window closed", 150),
+}
+
+MT10 = (
+    "reach", "push", "pick-place", "door-open", "drawer-open",
+    "drawer-close", "button-press-topdown", "peg-insert-side", "window-open", "window-close",
+)  # fmt: skip
+
+
+def to_metaworld_action(action: np.ndarray) -> np.ndarray:
+    """Contract action float32 [7] (already clipped) -> Meta-World's float32 [4] = [dx, dy, dz, grab_effort]."""
+    grab_effort = 1.0 - 2.0 * action[GRIPPER]
+    return np.array([action[0], action[1], action[2], grab_effort], np.float32)
+
+
+def from_metaworld_action(mw_action: np.ndarray) -> np.ndarray:
+    """Meta-World action [4] -> contract action float32 [7] (rotation 0), clipped to the ranges Meta-World applies."""
+    xyz = np.clip(mw_action[:3], -1.0, 1.0)
+    openness = (1.0 - np.clip(mw_action[3], -1.0, 1.0)) / 2.0
+    return np.array([*xyz, 0.0, 0.0, 0.0, openness], np.float32)
+
+
+class MetaWorldEnv(gym.Env):
+    """One Meta-World v3 task behind the contract of envs/__init__.py (see the module docstring)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        task: str,
+        *,
+        image_size: int | tuple[int, int] = 224,
+        camera: str = "corner",
+        reward: str = "dense",
+        terminate_on_success: bool = True,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = "rgb_array",
+    ):
+        if task not in TASKS:
+            raise ValueError(f"unknown Meta-World task {task!r}; known: {', '.join(TASKS)}")
+        if reward not in ("dense", "sparse"):
+            raise ValueError(f"reward must be 'dense' or 'sparse', got {reward!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        self.task = task
+        self.instruction, default_horizon = TASKS[task]
+        self.max_episode_steps = int(max_episode_steps or default_horizon)
+        self.reward_type = reward
+        self.terminate_on_success = terminate_on_success
+        self.render_mode = render_mode
+        height, width = image_hw(image_size)
+
+        sim = ALL_V3_ENVIRONMENTS[f"{task}-v3"](render_mode="rgb_array", camera_name=camera, width=width, height=height)
+        # Draw a fresh object/goal position on every reset from the env's seeded RNG (see the module docstring),
+        # and expose the goal in the 39-D state that the scripted experts read.
+        sim._set_task_called = True
+        sim._freeze_rand_vec = False
+        sim.seeded_rand_vec = True
+        sim._partially_observable = False
+        del sim.sawyer_observation_space  # a cached property that depends on _partially_observable
+        sim.max_path_length = self.max_episode_steps
+        # Rendering settings, read when the renderer is first created: no MSAA, no shadows, a big enough buffer.
+        sim.model.vis.quality.offsamples = 0
+        sim.model.light_castshadow[:] = 0
+        sim.model.vis.global_.offwidth = max(width, sim.model.vis.global_.offwidth)
+        sim.model.vis.global_.offheight = max(height, sim.model.vis.global_.offheight)
+        self.sim = sim
+        self._rotate_180 = self._camera_is_upside_down(camera)
+
+        low, high = sim.observation_space.low[:3], sim.observation_space.high[:3]
+        self.observation_space = observation_space((height, width), np.append(low, 0.0), np.append(high, 1.0))
+        self.action_space = action_space()
+        # The id and options that rebuild this env (gymnasium's record of a make() call; read by check_env, videos).
+        self.spec = gym.envs.registration.EnvSpec(
+            f"{SUITE}/{task}",
+            entry_point=functools.partial(MetaWorldEnv, task),
+            max_episode_steps=self.max_episode_steps,
+            disable_env_checker=True,
+            kwargs=dict(
+                image_size=image_size, camera=camera, reward=reward, terminate_on_success=terminate_on_success,
+                max_episode_steps=max_episode_steps, render_mode=render_mode,
+            ),
+        )  # fmt: skip
+        self.sim_obs: np.ndarray | None = None
+        """Meta-World's latest flat observation, float64 [39] (hand, gripper, objects, previous frame, goal)."""
+        self._image: np.ndarray | None = None
+        self._elapsed_steps = 0
+
+    def _camera_is_upside_down(self, camera: str) -> bool:
+        """Whether the camera's image-up axis points below the horizon (Meta-World's corner cameras do)."""
+        import mujoco
+
+        mujoco.mj_forward(self.sim.model, self.sim.data)
+        image_up = self.sim.data.camera(camera).xmat.reshape(3, 3)[:, 1]
+        return bool(image_up[2] < 0)
+
+    def _render(self) -> np.ndarray:
+        image = self.sim.render()
+        return np.ascontiguousarray(image[::-1, ::-1]) if self._rotate_180 else image
+
+    def _observation(self, sim_obs: np.ndarray) -> dict[str, Any]:
+        self.sim_obs = sim_obs
+        self._image = self._render()
+        state = sim_obs[:4].astype(np.float32)  # hand xyz, finger opening in [0, 1]
+        return {"image": self._image, "instruction": self.instruction, "state": state}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.sim.seed(seed)
+        sim_obs, _ = self.sim.reset()
+        self._elapsed_steps = 0
+        return self._observation(sim_obs), {"success": False}
+
+    def step(self, action):
+        action = check_action(action)
+        sim_obs, sim_reward, _, _, sim_info = self.sim.step(to_metaworld_action(action))
+        self._elapsed_steps += 1
+        success = bool(sim_info["success"])
+        reward = float(success) if self.reward_type == "sparse" else float(sim_reward)
+        terminated = success and self.terminate_on_success
+        truncated = not terminated and self._elapsed_steps >= self.max_episode_steps
+        info = {**sim_info, "success": success}
+        return self._observation(sim_obs), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """The latest observation image (upright, uint8 [H, W, 3]) when render_mode is "rgb_array"."""
+        return None if self.render_mode is None else self._image
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+class MetaWorldExpert:
+    """Meta-World's scripted policy for a task. It reads the privileged 39-D state (`MetaWorldEnv.sim_obs`) and
+    returns contract actions via `from_metaworld_action`."""
+
+    def __init__(self, task: str):
+        from metaworld.policies import ENV_POLICY_MAP
+
+        self._policy = ENV_POLICY_MAP[f"{task}-v3"]()
+        self._env: MetaWorldEnv | None = None
+
+    def reset(self, env: gym.Env, obs: dict, info: dict) -> None:
+        self._env = env.unwrapped
+
+    def act(self, obs: dict) -> np.ndarray:
+        with warnings.catch_warnings():  # its gains exceed [-1, 1] by design and it warns each time; we clip
+            warnings.simplefilter("ignore", UserWarning)
+            mw_action = self._policy.get_action(self._env.sim_obs)
+        return from_metaworld_action(mw_action)
+
+
+for _task, (_instruction, _horizon) in TASKS.items():
+    register(
+        TaskSpec(
+            task_id=f"{SUITE}/{_task}",
+            suite=SUITE,
+            robot="sawyer",
+            instruction=_instruction,
+            backend="mujoco",
+            max_episode_steps=_horizon,
+            factory=functools.partial(MetaWorldEnv, _task),
+            backend_env_id=f"{_task}-v3",
+            expert_factory=functools.partial(MetaWorldExpert, _task),
+        )
+    )

@@ -1,0 +1,174 @@
+"""Env throughput: steps/s through envs.make versus the raw backend, and vector-env scaling.
+
+    python -m scripts.bench_envs                          # metaworld/pick-place, 224 px images
+    python -m scripts.bench_envs --tasks metaworld/reach --workers 1 2 --steps 200
+
+Every step renders the policy image (224 px by default) and uses uniformly random actions; resets (at the task's
+horizon) are included. Single envs report wall-clock steps/s and CPU steps/s (steps per second of this process's
+CPU time, all its threads, so that other processes on a shared CPU barely affect it); the wrapper overhead is
+computed from CPU time. Vector envs report wall-clock steps/s summed over envs. Raw and wrapped runs are
+interleaved and repeated, and medians are reported. Each backend's raw baseline is one function in RAW_BASELINES,
+keyed by TaskSpec.backend, returning a Throughput.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+import tyro
+
+import envs
+from envs.registry import TaskSpec
+from envs.vector import make_vec
+
+
+@dataclass
+class BenchConfig:
+    tasks: tuple[str, ...] = ("metaworld/pick-place",)
+    """Task ids to benchmark."""
+    image_size: int = 224
+    """Square image size in pixels, rendered on every step."""
+    steps: int = 300
+    """Timed steps per measurement (per env for vector envs)."""
+    repeats: int = 3
+    """Measurements per setting; the median is reported."""
+    workers: tuple[int, ...] = (1, 2, 4)
+    """Vector-env sizes for the scaling table (1 runs in-process)."""
+    seed: int = 0
+    """Reset seed and action seed."""
+
+    def __post_init__(self):
+        if self.steps < 1 or self.repeats < 1 or self.image_size < 8 or min(self.workers, default=1) < 1:
+            raise ValueError(f"invalid benchmark config: {self}")
+
+
+class Throughput(NamedTuple):
+    wall: float
+    """Steps per wall-clock second."""
+    cpu: float
+    """Steps per second of this process's CPU time."""
+
+
+def _timed_steps(reset: Callable[[], None], step: Callable[[], bool], num_steps: int) -> Throughput:
+    """Throughput of `step()` (which returns True when an episode ended) over num_steps, after one warm-up step."""
+    reset()
+    step()  # the first render creates the GL context
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(num_steps):
+        if step():
+            reset()
+    return Throughput(num_steps / (time.perf_counter() - wall), num_steps / (time.process_time() - cpu))
+
+
+def raw_mujoco(spec: TaskSpec, cfg: BenchConfig) -> Throughput:
+    """Meta-World's own gym.make with the same camera, image size, horizon and rendering settings (no MSAA/shadows)."""
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World/* gymnasium ids)
+
+    env = gym.make(
+        "Meta-World/MT1", env_name=spec.backend_env_id, seed=cfg.seed, render_mode="rgb_array", camera_name="corner",
+        width=cfg.image_size, height=cfg.image_size, max_episode_steps=spec.max_episode_steps, disable_env_checker=True,
+    )  # fmt: skip
+    model = env.unwrapped.model
+    model.vis.quality.offsamples = 0
+    model.light_castshadow[:] = 0
+    rng = np.random.default_rng(cfg.seed)
+
+    def step() -> bool:
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+        env.render()
+        return terminated or truncated
+
+    try:
+        return _timed_steps(lambda: env.reset(), step, cfg.steps)
+    finally:
+        env.close()
+
+
+RAW_BASELINES: dict[str, Callable[[TaskSpec, BenchConfig], Throughput]] = {"mujoco": raw_mujoco}
+
+
+def razor_single(spec: TaskSpec, cfg: BenchConfig) -> Throughput:
+    """envs.make, stepping with random contract actions (the image is rendered as part of the observation)."""
+    env = envs.make(spec.task_id, image_size=cfg.image_size)
+    rng = np.random.default_rng(cfg.seed)
+    low, high = env.action_space.low, env.action_space.high
+
+    def step() -> bool:
+        _, _, terminated, truncated, _ = env.step(rng.uniform(low, high).astype(np.float32))
+        return terminated or truncated
+
+    try:
+        return _timed_steps(lambda: env.reset(seed=cfg.seed), step, cfg.steps)
+    finally:
+        env.close()
+
+
+def razor_vector(spec: TaskSpec, cfg: BenchConfig, num_envs: int) -> float:
+    """Total env steps/s of make_vec with num_envs (autoreset inside the step)."""
+    vec = make_vec(spec.task_id, num_envs, seed=cfg.seed, image_size=cfg.image_size)
+    rng = np.random.default_rng(cfg.seed)
+    low, high = vec.action_space.low, vec.action_space.high
+
+    def step() -> bool:
+        vec.step(rng.uniform(low, high).astype(np.float32))
+        return False
+
+    try:
+        return num_envs * _timed_steps(lambda: vec.reset(), step, cfg.steps).wall
+    finally:
+        vec.close()
+
+
+def bench(cfg: BenchConfig) -> dict[str, dict[str, float]]:
+    """Medians per task: "make_wall", "make_cpu", "raw_wall", "raw_cpu", "overhead_pct" (extra CPU time per step
+    through envs.make) and "vec<N>" (wall steps/s) for each N in cfg.workers."""
+    results = {}
+    for task_id in cfg.tasks:
+        spec = envs.get_spec(task_id)
+        raw_baseline = RAW_BASELINES.get(spec.backend)
+        raw_runs, make_runs = [], []
+        for _ in range(cfg.repeats):  # interleaved, so that load from other processes hits both alike
+            if raw_baseline is not None:
+                raw_runs.append(raw_baseline(spec, cfg))
+            make_runs.append(razor_single(spec, cfg))
+        row = {
+            "make_wall": statistics.median(run.wall for run in make_runs),
+            "make_cpu": statistics.median(run.cpu for run in make_runs),
+        }
+        if raw_runs:
+            row["raw_wall"] = statistics.median(run.wall for run in raw_runs)
+            row["raw_cpu"] = statistics.median(run.cpu for run in raw_runs)
+            row["overhead_pct"] = 100.0 * (row["raw_cpu"] / row["make_cpu"] - 1.0)
+        for num_envs in cfg.workers:
+            row[f"vec{num_envs}"] = statistics.median(razor_vector(spec, cfg, num_envs) for _ in range(cfg.repeats))
+        results[task_id] = row
+        _print_row(task_id, row, cfg)
+    return results
+
+
+def _print_row(task_id: str, row: dict[str, float], cfg: BenchConfig) -> None:
+    print(f"{task_id}: {cfg.image_size} px, {cfg.steps} steps x {cfg.repeats} repeats, medians")
+    print(f"  {'':<12} {'wall steps/s':>12} {'CPU steps/s':>12}")
+    if "raw_wall" in row:
+        print(f"  {'raw backend':<12} {row['raw_wall']:12.1f} {row['raw_cpu']:12.1f}")
+    print(f"  {'envs.make':<12} {row['make_wall']:12.1f} {row['make_cpu']:12.1f}")
+    if "overhead_pct" in row:
+        print(f"  wrapper overhead (CPU time per step): {row['overhead_pct']:+.1f}%")
+    base = row.get("vec1")
+    for num_envs in cfg.workers:
+        rate = row[f"vec{num_envs}"]
+        speedup = f"   x{rate / base:.2f} vs 1 env" if base else ""
+        print(f"  make_vec({num_envs}) {rate:10.1f} wall steps/s (all envs){speedup}")
+
+
+def main() -> None:
+    bench(tyro.cli(BenchConfig))
+
+
+if __name__ == "__main__":
+    main()
