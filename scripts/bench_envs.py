@@ -89,7 +89,45 @@ def raw_mujoco(spec: TaskSpec, cfg: BenchConfig) -> Throughput:
         env.close()
 
 
-RAW_BASELINES: dict[str, Callable[[TaskSpec, BenchConfig], Throughput]] = {"mujoco": raw_mujoco}
+def raw_maniskill3(spec: TaskSpec, cfg: BenchConfig) -> Throughput:
+    """ManiSkill's own gym.make with the task's controller, obs mode and horizon. Panda: the sensor camera at the
+    image size (what envs.make renders); Bridge: the native 640x480 greenscreened camera, as SimplerEnv runs it
+    (envs.make renders the same and resizes it)."""
+    import gymnasium as gym
+
+    from envs import maniskill
+
+    task = next(task for task in (*maniskill.BRIDGE_TASKS, *maniskill.PANDA_TASKS) if task.task_id == spec.task_id)
+    data_dir = maniskill.configure_asset_dir()  # the same MS_ASSET_DIR as envs.make, and no download prompt
+    if task.robot is maniskill.WIDOWX:
+        maniskill.check_bridge_assets(task, data_dir)
+        sensor_configs, reward_mode = {}, "none"
+    else:
+        sensor_configs, reward_mode = {"width": cfg.image_size, "height": cfg.image_size}, "normalized_dense"
+    import mani_skill.envs  # noqa: F401  (registers the ManiSkill gymnasium ids)
+
+    env = gym.make(
+        spec.backend_env_id, num_envs=1, obs_mode=task.robot.obs_mode, control_mode=task.robot.control_mode,
+        reward_mode=reward_mode, sensor_configs=sensor_configs, sim_backend="physx_cpu",
+        render_backend="cuda" if maniskill._cuda_available() else "cpu", max_episode_steps=spec.max_episode_steps,
+    )  # fmt: skip
+    rng = np.random.default_rng(cfg.seed)
+    low, high = env.action_space.low, env.action_space.high
+
+    def step() -> bool:
+        _, _, terminated, truncated, _ = env.step(rng.uniform(low, high).astype(np.float32))
+        return bool(terminated.any() or truncated.any())
+
+    try:
+        return _timed_steps(lambda: env.reset(seed=cfg.seed), step, cfg.steps)
+    finally:
+        env.close()
+
+
+RAW_BASELINES: dict[str, Callable[[TaskSpec, BenchConfig], Throughput]] = {
+    "mujoco": raw_mujoco,
+    "maniskill3": raw_maniskill3,
+}
 
 
 def razor_single(spec: TaskSpec, cfg: BenchConfig) -> Throughput:
