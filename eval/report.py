@@ -1,0 +1,151 @@
+"""The Markdown report of one experiment directory: what was run, what each checkpoint kept, forgetting vs KL.
+
+`write_report(exp_dir)` runs eval.analysis.analyze() (unless given its result) and writes exp_dir/report.md with
+the plots (PNG, relative links), the per-checkpoint table, the fits table, the per-method summary, the base policy's
+per-task results and links to every video (*.mp4) under the directory. Numbers are written as measured; the
+"Findings" section states the comparisons the experiment is about without judging them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from eval.analysis import BASE_METHOD, PREDICTOR_LABELS, analyze
+
+
+def _f(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and math.isnan(x):
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if abs(x) >= 10 ** (-digits) or x == 0 else f"{x:.2e}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _why(fit: dict) -> str:
+    """Why an R² is missing: too few points, constant predictor, or forgetting the same everywhere."""
+    r2 = fit.get("r2")
+    if r2 is None or not (isinstance(r2, float) and math.isnan(r2)):
+        return ""
+    return f" ({fit.get('note') or 'forgetting is the same at every checkpoint, so R² is undefined'})"
+
+
+def task_table(record: dict) -> str:
+    """Per-task success with Wilson 95% interval and mean episode length, from one eval record."""
+    rows = []
+    for task, r in record["tasks"].items():
+        role = "new" if task == record.get("new_task") else "prior"
+        rows.append([task, role, f"{r['successes']}/{r['trials']}", r["rate"],
+                     f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]", r.get("mean_episode_len")])
+    return _table(["task", "role", "successes", "success", "Wilson 95% CI", "mean ep. len"], rows)
+
+
+def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str | None = None,
+                 config: dict | None = None, timings: dict | None = None) -> Path:
+    """Write exp_dir/report.md and return its path. `config` (the experiment config) and `timings`
+    ({stage: seconds}) are shown when given, else read from exp_dir/config.json and exp_dir/timings.json."""
+    exp_dir = Path(exp_dir)
+    analysis = analysis if analysis is not None else analyze(exp_dir)
+    adir = "analysis"
+    if config is None and (exp_dir / "config.json").exists():
+        config = json.loads((exp_dir / "config.json").read_text())
+    if timings is None and (exp_dir / "timings.json").exists():
+        timings = json.loads((exp_dir / "timings.json").read_text())
+    points = analysis["points"]
+    md: list[str] = [f"# {title or 'Experiment report: ' + exp_dir.name}", ""]
+
+    if config:
+        md += ["## Set-up", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
+    if timings:
+        total = sum(v for v in timings.values() if isinstance(v, (int, float)))
+        md += ["## Wall time", "", _table(["stage", "seconds"], [[k, float(v)] for k, v in timings.items()]
+                                          + [["total", float(total)]]), ""]
+
+    # findings: the comparisons, stated numerically
+    md += ["## Findings", ""]
+    fits = analysis["fits"]
+    fk = fits.get("kl_forward", {})
+    q, lin = fk.get("quadratic", {}), fk.get("linear", {})
+    md.append(f"- Forgetting vs forward KL over {q.get('n', 0)} fine-tuned checkpoints: quadratic R² = "
+              f"{_f(q.get('r2'))}, linear R² = {_f(lin.get('r2'))}{_why(q)}.")
+    for name in ("kl_reverse", "tv", "l2_weight"):
+        if name in fits:
+            md.append(f"- Alternative predictor {PREDICTOR_LABELS[name]}: quadratic R² = "
+                      f"{_f(fits[name]['quadratic'].get('r2'))}, linear R² = {_f(fits[name]['linear'].get('r2'))}.")
+    for row in analysis["methods"]:
+        if row["method"] == BASE_METHOD:
+            continue
+        md.append(f"- {row['method']}: best new-task success {_f(row['best_new_success'])} with forgetting "
+                  f"{_f(row['forgetting_at_best'])} (forward KL {_f(row['kl_forward_at_best'])}); mean forgetting over "
+                  f"{row['checkpoints']} checkpoints {_f(row['mean_forgetting'])}.")
+    for key, m in analysis.get("matched", {}).items():
+        a, b = key.split("_vs_")
+        if m["matches"]:
+            md.append(f"- At matched new-task success (within ±{m['tolerance']}, {m['matches']} pairs): mean forgetting "
+                      f"{a} {_f(m[f'{a}_forgetting'])} vs {b} {_f(m[f'{b}_forgetting'])}.")
+        else:
+            md.append(f"- No {a}/{b} checkpoints reached new-task success within ±{m['tolerance']} of each other.")
+    md.append("")
+
+    plots = analysis["plots"]
+    md += ["## Plots", "",
+           f"![forgetting vs forward KL]({adir}/{plots['forgetting_vs_kl']})", "",
+           f"![forgetting vs each predictor]({adir}/{plots['forgetting_vs_predictors']})", "",
+           f"![new-task vs prior-task success]({adir}/{plots['pareto']})", "",
+           f"![learning curves]({adir}/{plots['learning_curves']})", ""]
+    if "training_curves" in plots:
+        md += [f"![training curves]({adir}/{plots['training_curves']})", ""]
+
+    md += ["## Fits (forgetting = c0 + c1 x [+ c2 x²])", ""]
+    rows = []
+    for name, kinds in fits.items():
+        for kind, f in kinds.items():
+            coef = ", ".join(f"{c:.4g}" for c in f["coef"]) if f["coef"] else f"({f['note']})"
+            rows.append([name, kind, f["n"], coef, f["r2"]])
+    md += [_table(["predictor", "fit", "n", "coefficients c0, c1[, c2]", "R²"], rows), ""]
+
+    md += ["## Methods", "", _table(
+        ["method", "checkpoints", "best new success", "forgetting at best", "prior success at best",
+         "mean forgetting", "mean forward KL"],
+        [[r["method"], r["checkpoints"], r["best_new_success"], r["forgetting_at_best"], r["prior_success_at_best"],
+          r["mean_forgetting"], r["mean_kl_forward"]] for r in analysis["methods"]]), ""]
+
+    md += ["## Checkpoints", "", _table(
+        ["run", "method", "lr", "step", "new success", "prior success", "forgetting", "KL fwd", "KL rev", "TV", "L2 w"],
+        [[p["run"], p["method"], p["lr"], p["step"], p["new_success"], p["prior_success"], p["forgetting"],
+          p["kl_forward"], p["kl_reverse"], p["tv"], p["l2_weight"]] for p in points]), ""]
+
+    base_records = sorted(exp_dir.glob("**/eval.json"))
+    base = next((json.loads(p.read_text()) for p in base_records if json.loads(p.read_text()).get("method") == BASE_METHOD), None)
+    if base:
+        md += ["## Base policy pi0, per task", "", task_table(base), ""]
+
+    tables = sorted(exp_dir.glob("**/results.md"))
+    if tables:
+        md += ["## Per-task results of every evaluation", "",
+               "Per-task success, Wilson interval, base success, forgetting and retained fraction:", ""]
+        md += [f"- [{t.parent.relative_to(exp_dir)}]({t.relative_to(exp_dir)})" for t in tables] + [""]
+
+    videos = sorted(exp_dir.glob("**/*.mp4"))
+    if videos:
+        md += ["## Videos", ""] + [f"- [{v.relative_to(exp_dir)}]({v.relative_to(exp_dir)})" for v in videos] + [""]
+
+    md += ["## Definitions", "",
+           "- success: an episode counts if `info['success']` was true at any step (success_once); "
+           "interval: Wilson 95%.",
+           "- forgetting: base success − fine-tuned success, averaged over the prior (retained-skill) tasks.",
+           "- forward KL: E over held-out new-task observations of KL(pi0(·|o) || pi(·|o)) over the 7 action tokens "
+           "(chain rule: tokens sampled from pi0, exact per-token KL summed); reverse KL and TV from the same passes "
+           "(see eval/kl.py).", ""]
+    path = exp_dir / "report.md"
+    path.write_text("\n".join(md))
+    return path

@@ -1,0 +1,464 @@
+"""The retained-skill eval suite: run a policy over named task lists and say what it can still do.
+
+A `Suite` is a named list of tasks (ids from envs/) with a number of episodes per task and the reset seeds
+(episode i of a task uses seed `seed + i`, the same for every policy, so base and fine-tuned checkpoints see the
+same initial states). Built-in suites: "metaworld", "maniskill-panda", "simpler-bridge" (every task of that
+family in the envs registry, except "metaworld" = Meta-World's MT10 set and "metaworld-mt50" = all 50; 75 episodes
+per task by default, the minimum SimplerEnv's maintainers ask for) and "toy"; custom suites from YAML:
+
+    name: my-suite
+    episodes_per_task: 75        # default for every task
+    seed: 100000                 # episode i uses reset seed seed + i
+    env_options: {image_size: 64}
+    tasks:
+      - metaworld/reach
+      - {id: metaworld/push, episodes: 100}
+
+`evaluate(actor, suite)` runs it with vector envs, waves of `num_envs` seeded episodes at a time (episodes that end
+early are masked until the wave ends, so every episode's seed is known), and returns per task the success count,
+the rate with its Wilson 95% interval, the mean episode length and the seeds. An episode succeeds if
+`info["success"]` was true at any step (success_once). Videos of the first `videos_per_task` episodes of each task
+are written when `video_dir` is given.
+
+`actor` is any callable (images uint8 [B, H, W, 3], instructions list[str]) -> actions float32 [B, 7]; `vla_actor`
+makes one from a VLAPolicy (greedy decoding by default, un-normalised with `unnorm_key`).
+
+Results: `EvalRecord` -> eval.json (everything, including the comparison to the base when given), results.csv
+(one row per task) and results.md (a Markdown table) in one directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from eval.stats import Rate, compare
+
+ACTION_DIM = 7
+DEFAULT_EPISODES = 75  # SimplerEnv's maintainers ask for at least 75 trials per task
+BUILTIN_SUITES = ("metaworld", "metaworld-mt50", "maniskill-panda", "simpler-bridge", "toy")
+
+Actor = Callable[[np.ndarray, list], np.ndarray]
+
+
+@dataclass
+class SuiteTask:
+    id: str
+    """Task id from the envs registry, e.g. "metaworld/pick-place"."""
+    episodes: int
+    """Episodes (trials) for this task."""
+
+
+@dataclass
+class Suite:
+    """A named list of tasks with episodes per task and reset seeds."""
+
+    name: str
+    tasks: list[SuiteTask]
+    seed: int = 100_000
+    """Episode i of every task is reset with seed `seed + i` (far from typical training seeds 0..N)."""
+    env_options: dict = field(default_factory=dict)
+    """Options for envs.make / envs.make_vec (e.g. image_size)."""
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ValueError(f"suite {self.name!r} has no tasks")
+        ids = [t.id for t in self.tasks]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"suite {self.name!r} lists tasks more than once: {dup}")
+        for t in self.tasks:
+            if t.episodes < 1:
+                raise ValueError(f"suite {self.name!r}: task {t.id!r} needs >= 1 episode, got {t.episodes}")
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [t.id for t in self.tasks]
+
+    def seeds(self, task: SuiteTask) -> list[int]:
+        return [self.seed + i for i in range(task.episodes)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Suite":
+        unknown = set(d) - {"name", "tasks", "episodes_per_task", "seed", "env_options"}
+        if unknown:
+            raise ValueError(f"unknown suite keys {sorted(unknown)}; allowed: name, tasks, episodes_per_task, seed, env_options")
+        if "name" not in d or "tasks" not in d:
+            raise ValueError("a suite needs `name` and `tasks`")
+        default = int(d.get("episodes_per_task", DEFAULT_EPISODES))
+        tasks = []
+        for t in d["tasks"]:
+            if isinstance(t, str):
+                tasks.append(SuiteTask(t, default))
+            elif isinstance(t, dict) and "id" in t and set(t) <= {"id", "episodes"}:
+                tasks.append(SuiteTask(str(t["id"]), int(t.get("episodes", default))))
+            else:
+                raise ValueError(f"suite task entries are ids or {{id:, episodes:}} mappings, got {t!r}")
+        return cls(str(d["name"]), tasks, int(d.get("seed", 100_000)), dict(d.get("env_options") or {}))
+
+    def with_episodes(self, episodes: int) -> "Suite":
+        """The same suite with `episodes` per task (e.g. the quick/cpu presets' smaller budgets)."""
+        return Suite(self.name, [SuiteTask(t.id, episodes) for t in self.tasks], self.seed, dict(self.env_options))
+
+    def without(self, task_ids: Sequence[str]) -> "Suite":
+        return Suite(self.name, [t for t in self.tasks if t.id not in set(task_ids)], self.seed, dict(self.env_options))
+
+
+def load_suite(spec: str | Path, episodes: int | None = None, tasks: Sequence[str] | None = None) -> Suite:
+    """A built-in suite by name ("metaworld", "maniskill-panda", "simpler-bridge", "toy") or a YAML file path.
+
+    `episodes` overrides the episodes per task; `tasks` restricts a built-in suite to those ids (validated).
+    """
+    import envs
+
+    p = Path(str(spec))
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        if not p.exists():
+            raise FileNotFoundError(f"suite file {p} does not exist")
+        suite = Suite.from_dict(yaml.safe_load(p.read_text()) or {})
+    elif str(spec) in BUILTIN_SUITES:
+        suite = Suite(str(spec), [SuiteTask(t, DEFAULT_EPISODES) for t in builtin_task_ids(str(spec))])
+    else:
+        raise ValueError(f"unknown suite {str(spec)!r}: give one of {list(BUILTIN_SUITES)} or a .yaml file")
+    if tasks is not None:
+        missing = [t for t in tasks if t not in suite.task_ids]
+        for t in missing:
+            envs.get_spec(t)  # unknown ids: KeyError with close matches
+        if missing:
+            raise ValueError(f"tasks {missing} are not in suite {suite.name!r} ({suite.task_ids})")
+        suite = Suite(suite.name, [t for t in suite.tasks if t.id in set(tasks)], suite.seed, suite.env_options)
+    if episodes is not None:
+        suite = suite.with_episodes(episodes)
+    validate_tasks(suite.task_ids)
+    return suite
+
+
+def builtin_task_ids(name: str) -> list[str]:
+    """Task ids of a built-in suite (see the module docstring)."""
+    import envs
+
+    if name == "metaworld":
+        from envs.metaworld import MT10
+
+        return [f"metaworld/{t}" for t in MT10]
+    family = "metaworld" if name == "metaworld-mt50" else name
+    ids = [s.task_id for s in envs.list_tasks(suite=family)]
+    if not ids:
+        raise ValueError(f"built-in suite {name!r} has no registered tasks (is its simulator backend installed?)")
+    return ids
+
+
+def validate_tasks(task_ids: Sequence[str]) -> None:
+    """Every id must be registered (KeyError naming close matches otherwise)."""
+    import envs
+
+    for t in task_ids:
+        envs.get_spec(t)
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class TaskResult:
+    task: str
+    successes: int
+    trials: int
+    mean_episode_len: float
+    seeds: list[int]
+    episode_success: list[bool]
+    episode_len: list[int]
+    wall_s: float
+
+    def to_dict(self) -> dict:
+        d = Rate(self.successes, self.trials).to_dict()
+        d.update(mean_episode_len=self.mean_episode_len, wall_s=self.wall_s, seeds=self.seeds,
+                 episode_success=self.episode_success, episode_len=self.episode_len)
+        return d
+
+
+def _make_vec(task_id: str, num_envs: int, first_seed: int, env_options: dict):
+    import envs
+
+    return envs.make_vec(task_id, num_envs, seed=first_seed, **env_options)
+
+
+def _instructions(obs: dict, n: int) -> list[str]:
+    ins = obs["instruction"]
+    return [str(ins)] * n if isinstance(ins, str) else [str(s) for s in ins]
+
+
+def _step_success(info: dict, done: np.ndarray, n: int) -> np.ndarray:
+    """info["success"] of this step per env; for envs that just finished under same-step autoreset the final
+    step's info lives in info["final_info"]."""
+    succ = np.asarray(info.get("success", np.zeros(n, bool)), dtype=bool).reshape(-1)
+    if succ.size != n:
+        succ = np.broadcast_to(succ, (n,)).copy()
+    final = info.get("final_info")
+    if final is not None and done.any():
+        if isinstance(final, dict) and "success" in final:
+            fs = np.asarray(final["success"], dtype=bool).reshape(-1)
+            mask = np.asarray(final.get("_success", done), dtype=bool).reshape(-1)
+            succ = np.where(mask & done, fs, succ)
+        elif isinstance(final, (list, tuple, np.ndarray)):  # list of per-env dicts (older convention)
+            for i, fi in enumerate(final):
+                if done[i] and isinstance(fi, dict) and "success" in fi:
+                    succ[i] = bool(fi["success"])
+    return succ
+
+
+def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4, env_options: dict | None = None,
+             max_steps: int | None = None, video_dir: str | Path | None = None, videos: int = 0,
+             video_fps: int = 10) -> TaskResult:
+    """Run one episode per seed of `task_id` with `actor`, `num_envs` at a time (see the module docstring)."""
+    import envs
+
+    spec = envs.get_spec(task_id)
+    horizon = int(max_steps or spec.max_episode_steps)
+    env_options = dict(env_options or {})
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError(f"no seeds given for {task_id!r}")
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ValueError("seeds must be consecutive integers (a vector env seeds env i with seed + i)")
+    n_env = max(1, min(num_envs, len(seeds)))
+    venv = _make_vec(task_id, n_env, seeds[0], env_options)
+    shape = tuple(venv.single_action_space.shape)
+    if shape != (ACTION_DIM,):
+        venv.close()
+        raise ValueError(f"task {task_id!r} takes actions of shape {shape}, the policy emits ({ACTION_DIM},)")
+    t0 = time.perf_counter()
+    ep_success, ep_len = [], []
+    try:
+        for w in range(0, len(seeds), n_env):
+            wave = list(seeds[w : w + n_env])
+            obs, _ = venv.reset(seed=wave[0])  # env i gets seed wave[0] + i; in the last wave extra envs are ignored
+            alive = np.arange(n_env) < len(wave)
+            success = np.zeros(n_env, bool)
+            length = np.zeros(n_env, int)
+            record = [bool(video_dir) and w + i < videos and i < len(wave) for i in range(n_env)]
+            instr = _instructions(obs, n_env)
+            frames: list[list[np.ndarray]] = [[_frame(obs["image"][i], instr[i], 0, False)] if record[i] else []
+                                              for i in range(n_env)]
+            for t in range(horizon):
+                if not alive.any():
+                    break
+                images = np.asarray(obs["image"])
+                actions = np.asarray(actor(images, _instructions(obs, n_env)), dtype=np.float32)
+                if actions.shape != (n_env, ACTION_DIM):
+                    raise ValueError(f"actor returned actions of shape {actions.shape}, expected ({n_env}, {ACTION_DIM})")
+                obs, _, term, trunc, info = venv.step(actions)
+                done = np.asarray(term, bool) | np.asarray(trunc, bool)
+                step_succ = _step_success(info, done, n_env)
+                for i in range(n_env):
+                    if record[i] and alive[i]:
+                        last = info["final_obs"][i] if done[i] and "final_obs" in info else None
+                        image = last["image"] if last is not None else obs["image"][i]
+                        frames[i].append(_frame(image, instr[i], t + 1, bool(success[i] or step_succ[i])))
+                success |= step_succ & alive
+                length += alive
+                alive &= ~done
+            for i in range(len(wave)):
+                ep_success.append(bool(success[i]))
+                ep_len.append(int(length[i]))
+                if record[i]:
+                    write_video(frames[i], Path(video_dir) / f"{task_id.replace('/', '__')}_seed{wave[i]}_ep{w + i}.mp4",
+                                fps=video_fps)
+    finally:
+        venv.close()
+    return TaskResult(task_id, int(sum(ep_success)), len(ep_success), float(np.mean(ep_len)) if ep_len else math.nan,
+                      list(seeds), ep_success, ep_len, time.perf_counter() - t0)
+
+
+def _frame(image: np.ndarray, instruction: str, step: int, success: bool) -> np.ndarray:
+    """The policy's view with the instruction, step and success drawn under it (envs/video.py's caption)."""
+    from envs.video import captioned_frame
+
+    return captioned_frame(np.asarray(image), instruction, step=step, success=success)
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path:
+    """Write equal-size uint8 [H, W, 3] frames to an mp4 (H.264; padded to multiples of 16), atomically."""
+    import imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial.mp4")
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer:
+        for f in frames:
+            ph, pw = (-f.shape[0]) % 16, (-f.shape[1]) % 16
+            writer.append_data(np.pad(f, ((0, ph), (0, pw), (0, 0))))
+    tmp.replace(path)
+    return path
+
+
+def evaluate(actor: Actor, suite: Suite, num_envs: int = 4, video_dir: str | Path | None = None,
+             videos_per_task: int = 0, progress: bool = False) -> dict[str, TaskResult]:
+    """Run every task of `suite`; {task_id: TaskResult} in suite order."""
+    validate_tasks(suite.task_ids)
+    results = {}
+    for task in suite.tasks:
+        results[task.id] = run_task(actor, task.id, suite.seeds(task), num_envs, suite.env_options,
+                                    video_dir=video_dir, videos=videos_per_task)
+        if progress:
+            r = results[task.id]
+            print(f"  {task.id}: {r.successes}/{r.trials} success, {r.wall_s:.1f}s", flush=True)
+    return results
+
+
+# -------------------------------------------------------------------------------------------- VLA actor
+
+
+def vla_actor(policy, unnorm_key: str | None = None, do_sample: bool = False, temperature: float = 1.0,
+              batch_size: int = 64) -> Actor:
+    """An Actor from a vla.VLAPolicy: preprocess -> generate -> continuous actions [B, 7] (greedy by default)."""
+    import torch
+
+    def act(images: np.ndarray, instructions: list[str]) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                batch = policy.preprocess(images[i : i + batch_size], instructions[i : i + batch_size])
+                res = policy.generate(batch, do_sample=do_sample, temperature=temperature, unnorm_key=unnorm_key)
+                a = res.actions
+                out.append(a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a))
+        return np.concatenate(out).astype(np.float32)
+
+    return act
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+@dataclass
+class EvalRecord:
+    """Everything one evaluation produced; written as eval.json (+ results.csv, results.md)."""
+
+    suite: dict
+    tasks: dict[str, dict]
+    new_task: str | None = None
+    prior_tasks: list[str] = field(default_factory=list)
+    run: str = ""
+    method: str = ""
+    lr: float | None = None
+    step: int = 0
+    checkpoint: str | None = None
+    comparison: dict | None = None
+    kl: dict | None = None
+    l2_weight: float | None = None
+    wall_s: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def rates(self) -> dict[str, float]:
+        return {t: r["rate"] for t, r in self.tasks.items()}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalRecord":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "eval.json"
+        return cls(**json.loads(path.read_text()))
+
+
+def make_record(results: dict[str, TaskResult], suite: Suite, new_task: str | None = None,
+                base: EvalRecord | None = None, **fields: Any) -> EvalRecord:
+    """Build the record; with `base`, also the comparison (forgetting per prior task, retained fraction,
+    new-task gain). The base must have been run on the same tasks with the same seeds."""
+    if new_task is not None and new_task not in results:
+        raise ValueError(f"new task {new_task!r} was not evaluated (tasks: {list(results)})")
+    prior = [t for t in results if t != new_task]
+    rec = EvalRecord(suite=suite.to_dict(), tasks={t: r.to_dict() for t, r in results.items()}, new_task=new_task,
+                     prior_tasks=prior, wall_s=float(sum(r.wall_s for r in results.values())), **fields)
+    if base is not None:
+        check_same_tasks(base, rec)
+        rec.comparison = compare(base.rates(), rec.rates(), prior, new_task).to_dict() if prior else None
+    return rec
+
+
+def check_same_tasks(base: EvalRecord, rec: EvalRecord) -> None:
+    """Base and fine-tuned evaluations must cover the same tasks with the same reset seeds."""
+    if set(base.tasks) != set(rec.tasks):
+        raise ValueError(f"base was evaluated on {sorted(base.tasks)}, this checkpoint on {sorted(rec.tasks)}")
+    for t in rec.tasks:
+        if base.tasks[t]["seeds"] != rec.tasks[t]["seeds"]:
+            raise ValueError(f"task {t!r}: base and checkpoint were evaluated with different reset seeds")
+    if base.new_task != rec.new_task:
+        raise ValueError(f"base record's new task is {base.new_task!r}, this one's {rec.new_task!r}")
+
+
+CSV_COLUMNS = ["task", "role", "successes", "trials", "rate", "ci_low", "ci_high", "mean_episode_len",
+               "base_rate", "forgetting", "retained"]
+
+
+def _rows(rec: EvalRecord) -> list[dict]:
+    cmp_ = rec.comparison or {}
+    base_prior = cmp_.get("per_task_forgetting", {})
+    rows = []
+    for t, r in rec.tasks.items():
+        fg = base_prior.get(t)
+        rows.append({
+            "task": t, "role": "new" if t == rec.new_task else "prior", "successes": r["successes"],
+            "trials": r["trials"], "rate": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+            "mean_episode_len": r["mean_episode_len"],
+            "base_rate": (r["rate"] + fg) if fg is not None else (cmp_.get("base_new_success") if t == rec.new_task and cmp_ else None),
+            "forgetting": fg, "retained": cmp_.get("per_task_retained", {}).get(t),
+        })
+    return rows
+
+
+def markdown_table(rec: EvalRecord) -> str:
+    def f(x, d=3):
+        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:.{d}f}" if isinstance(x, float) else str(x))
+
+    lines = ["| task | role | success | Wilson 95% CI | mean ep. len | base | forgetting | retained |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in _rows(rec):
+        lines.append(f"| {r['task']} | {r['role']} | {r['successes']}/{r['trials']} ({f(r['rate'], 2)}) | "
+                     f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {f(r['mean_episode_len'], 1)} | {f(r['base_rate'], 2)} | "
+                     f"{f(r['forgetting'], 2)} | {f(r['retained'], 2)} |")
+    if rec.comparison:
+        c = rec.comparison
+        lines += ["", f"Average forgetting over {len(rec.prior_tasks)} prior tasks: {f(c['avg_forgetting'])}; "
+                      f"retained fraction: {f(c['avg_retained'])}; new-task gain: {f(c['new_task_gain'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def save_record(rec: EvalRecord, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write eval.json, results.csv and results.md into `out_dir`; refuses to overwrite an existing eval.json
+    unless `overwrite`. eval.json is written last and atomically (its presence marks a finished evaluation)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "eval.json"
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(_rows(rec))
+    (out / "results.md").write_text(markdown_table(rec))
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(rec.to_dict(), indent=2, default=_json_default))
+    tmp.replace(target)
+    return target
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))

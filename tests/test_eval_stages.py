@@ -1,0 +1,35 @@
+"""eval/stages.py: finished stages are skipped on a rerun; another config's directory is refused."""
+
+import json
+
+import pytest
+
+from eval.stages import ExperimentMismatch, StageRunner
+
+
+def test_resume_skips_finished_stages(tmp_path):
+    calls = []
+    r = StageRunner(tmp_path / "exp", {"a": 1, "progress": True}, log=lambda *_: None)
+    assert r.run("one", lambda: calls.append(1) or {"x": 1}) == {"x": 1}
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        r.run("two", interrupted)
+    assert not r.done("two")
+    r2 = StageRunner(tmp_path / "exp", {"a": 1, "progress": False}, ignore_keys=("progress",), log=lambda *_: None)
+    assert r2.run("one", lambda: calls.append(2) or {"x": 2}) == {"x": 1}  # skipped: recorded result
+    assert r2.run("two", lambda: calls.append(3) or [3]) == [3]
+    assert calls == [1, 3]
+    assert set(json.loads((tmp_path / "exp" / "timings.json").read_text())) == {"one", "two"}
+
+
+def test_other_config_or_foreign_dir_refused(tmp_path):
+    StageRunner(tmp_path / "exp", {"a": 1}, log=lambda *_: None)
+    with pytest.raises(ExperimentMismatch, match="a: saved 1 != now 2"):
+        StageRunner(tmp_path / "exp", {"a": 2}, log=lambda *_: None)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    with pytest.raises(ExperimentMismatch, match="not an experiment directory"):
+        StageRunner(tmp_path / "other", {"a": 1}, log=lambda *_: None)
