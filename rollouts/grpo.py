@@ -1,0 +1,189 @@
+"""GRPO for a VLA policy: groups of episodes from the same initial state, group-normalized returns, no critic.
+
+Every update resets num_envs = G groups x group_size envs so that the envs of a group start from the same seed
+(the same initial state), runs each env's first episode to its end, and gives every step of an episode the
+advantage (R - mean of its group's R) / (std of its group's R + eps). The loss is PPO's clipped ratio on the
+7-token action (per_token_ratio: per token) over update_epochs x num_minibatches steps, plus the optional
+KL(pi0 || pi) penalty (GRPO's beta; kl_coef). A group whose episodes all got the same return contributes nothing.
+
+Run it with scripts/train_ppo.py --algorithm grpo, or call train(GRPOConfig(...)).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+import envs
+from rollouts.advantages import episode_returns, group_normalized
+from rollouts.collect import collect, local_num_envs
+from rollouts.config import RLConfig, check
+from rollouts.constants import CHARTS, LOSSES, OBS_INSTRUCTION, TIME
+from rollouts.ppo import kl_to_base
+from rollouts.run import Callback, Run
+
+
+@dataclass
+class GRPOConfig(RLConfig):
+    """GRPO hyperparameters (on top of the shared run/model/collection fields)."""
+
+    num_envs: int = 32
+    """Envs per update over all ranks = groups x group_size (each rank holds whole groups)."""
+    group_size: int = 8
+    """Episodes per group (all from the same initial state)."""
+    update_epochs: int = 1
+    """Passes over the rollout per update."""
+    num_minibatches: int = 1
+    """Optimizer steps per epoch."""
+    clip_coef: float = 0.2
+    """Ratio clip range."""
+    per_token_ratio: bool = False
+    """Clip each token's ratio separately instead of the ratio of the joint 7-token action."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    adv_eps: float = 1e-6
+    """Added to the group std."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.group_size >= 2, f"group_size must be >= 2, got {self.group_size}")
+        check(self.num_envs % self.group_size == 0, f"num_envs={self.num_envs} must be a multiple of group_size={self.group_size}")
+        check(self.update_epochs >= 1 and self.num_minibatches >= 1, "update_epochs and num_minibatches must be >= 1")
+
+    def run_name(self) -> str:
+        return f"grpo_g{self.group_size}_{super().run_name()}"
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+class GroupedEnvs:
+    """group_size vector envs of G envs each, presented as one vector env of G * group_size envs.
+
+    reset(seed=s) resets every member vector env with s, so env g of every member starts from seed s + g: flat
+    env j = member * G + g belongs to group g = j % G. Only what collect() reads is merged: obs, reward,
+    terminated, truncated, info["success"] and info["final_obs"].
+    """
+
+    def __init__(self, task_id: str, groups: int, group_size: int, seed: int, **options: Any):
+        self.members = [envs.make_vec(task_id, groups, seed=seed, **options) for _ in range(group_size)]
+
+    def reset(self, seed: int):
+        results = [m.reset(seed=seed) for m in self.members]
+        return _cat_obs([r[0] for r in results]), {}
+
+    def step(self, actions: np.ndarray):
+        parts = np.split(np.asarray(actions), len(self.members))
+        results = [m.step(a) for m, a in zip(self.members, parts)]
+        obs = _cat_obs([r[0] for r in results])
+        reward, terminated, truncated = (np.concatenate([r[k] for r in results]) for k in (1, 2, 3))
+        success = np.concatenate([np.asarray(r[4]["success"], bool) for r in results])
+        final_obs = np.empty(len(success), dtype=object)
+        n = len(success) // len(self.members)
+        for k, r in enumerate(results):
+            if "final_obs" in r[4]:
+                final_obs[k * n : (k + 1) * n] = list(r[4]["final_obs"])
+        return obs, reward, terminated, truncated, {"success": success, "final_obs": final_obs}
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+
+def _cat_obs(parts: list[dict]) -> dict:
+    return {
+        "image": np.concatenate([p["image"] for p in parts]),
+        OBS_INSTRUCTION: tuple(t for p in parts for t in p[OBS_INSTRUCTION]),
+        "state": np.concatenate([p["state"] for p in parts]),
+    }
+
+
+def group_seed(cfg: GRPOConfig, update: int, rank: int, local_groups: int) -> int:
+    """Seed of this rank's first group for `update` (group g of the rank starts from it + g)."""
+    return cfg.seed * 1_000_003 + update * (cfg.num_envs // cfg.group_size) + rank * local_groups
+
+
+# ---- training loop ---------------------------------------------------------------------------------------------
+def train(cfg: GRPOConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Run GRPO as configured; returns the last logged metrics."""
+    run = Run.start(cfg, callbacks=callbacks, desc="grpo")
+    policy, dist, device = run.policy, run.dist, run.dist.device
+    n_local = local_num_envs(cfg.num_envs, dist.world_size)
+    check(n_local % cfg.group_size == 0, f"each of the {dist.world_size} processes needs whole groups of {cfg.group_size} envs")
+    groups = n_local // cfg.group_size
+    horizon = cfg.rollout_steps()
+    vec = GroupedEnvs(cfg.task, groups, cfg.group_size, cfg.seed, **cfg.vec_options())
+    try:
+        for update in range(run.update + 1, cfg.total_updates + 1):
+            t0 = time.perf_counter()
+            policy.eval()
+            seed = group_seed(cfg, update, dist.rank, groups)
+            rollout = collect(
+                policy, vec, horizon, [seed], temperature=cfg.temperature, unnorm_key=cfg.unnorm_key, reward=cfg.reward,
+                with_values=False, with_base=cfg.kl_coef > 0 or cfg.log_kl, stop_when_all_done=True,
+            )  # fmt: skip
+            t1 = time.perf_counter()
+
+            # Group-normalized returns of each env's first episode; flat env j is in group j % groups.
+            mask = rollout.first_episode  # [T, N]
+            returns = episode_returns(rollout.rewards, mask)  # [N]
+            order = torch.arange(n_local).reshape(cfg.group_size, groups).T.reshape(-1)  # group-major env order
+            adv_env = torch.empty(n_local)
+            adv_env[order] = group_normalized(returns[order], cfg.group_size, cfg.adv_eps)
+            t_idx, e_idx = mask.nonzero(as_tuple=True)  # the steps that count
+            b_adv = adv_env[e_idx]
+            b_tokens, b_old = rollout.action_tokens[t_idx, e_idx], rollout.logprobs[t_idx, e_idx]
+            b_base = rollout.base_logprobs[t_idx, e_idx] if rollout.base_logprobs is not None else None
+            images = rollout.images[t_idx.numpy(), e_idx.numpy()]
+            instructions = [rollout.instructions[t][e] for t, e in zip(t_idx.tolist(), e_idx.tolist())]
+
+            policy.train()
+            sums: dict[str, float] = {}
+            n_steps = 0
+            for epoch in range(cfg.update_epochs):
+                perm = torch.randperm(len(b_adv))
+                for minibatch in torch.tensor_split(perm, cfg.num_minibatches):
+                    for idx in torch.tensor_split(minibatch, cfg.grad_accum_steps):
+                        if len(idx) == 0:
+                            continue
+                        batch = policy.preprocess(images[idx.numpy()], [instructions[i] for i in idx.tolist()])
+                        scores = policy.evaluate_actions(batch, b_tokens[idx].to(device), temperature=cfg.temperature)
+                        adv = b_adv[idx].to(device)
+                        if cfg.per_token_ratio:
+                            logratio, adv = scores.log_probs - b_old[idx].to(device), adv[:, None]
+                        else:
+                            logratio = (scores.log_probs - b_old[idx].to(device)).sum(-1)
+                        ratio = logratio.exp()
+                        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                        entropy_loss = scores.entropy.sum(-1).mean()
+                        loss = pg_loss - cfg.ent_coef * entropy_loss
+                        with torch.no_grad():
+                            stats = dict(pg_loss=pg_loss, entropy=entropy_loss, approx_kl=((ratio - 1) - logratio).mean(),
+                                         clipfrac=((ratio - 1).abs() > cfg.clip_coef).float().mean())  # fmt: skip
+                        if b_base is not None:
+                            stats["kl_pi0"] = kl_to_base(b_base[idx].to(device), scores.logits).mean()
+                            loss = loss + cfg.kl_coef * stats["kl_pi0"]
+                        stats["loss"] = loss
+                        run.backward(loss * len(idx) / len(minibatch))
+                        for k, v in stats.items():
+                            sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx) / len(minibatch)
+                    run.step()
+                    n_steps += 1
+            t2 = time.perf_counter()
+
+            env_steps, samples = int(rollout.num_steps * n_local), int(len(b_adv) * cfg.update_epochs)
+            metrics = {f"{LOSSES}{k}": v / n_steps for k, v in sums.items()}
+            metrics.update(run.episode_metrics(rollout.episodes))
+            metrics.update({
+                f"{CHARTS}group_return_std": float(returns.reshape(cfg.group_size, groups).std(0).mean()),
+                f"{CHARTS}zero_signal_groups": float((returns.reshape(cfg.group_size, groups).std(0) == 0).float().mean()),
+                f"{TIME}sim_s": rollout.sim_s, f"{TIME}inference_s": rollout.inference_s, f"{TIME}update_s": t2 - t1,
+                f"{TIME}env_steps_per_s": env_steps * dist.world_size / (t1 - t0),
+                f"{TIME}samples_per_s": samples * dist.world_size / (t2 - t1),
+            })  # fmt: skip
+            run.end_update(update, metrics, env_steps=env_steps, samples=samples)
+    finally:
+        vec.close()
+    return run.finish()

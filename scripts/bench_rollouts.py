@@ -1,0 +1,154 @@
+"""Benchmark rollouts/ on this machine, and the memory budget of the 7B presets.
+
+    python -m scripts.bench_rollouts                       # tiny + small on toy/color-side and metaworld/reach
+    python -m scripts.bench_rollouts --presets tiny --tasks toy/color-side --updates 3
+
+Part 1, measured: for each (VLA preset, task) one PPO run through rollouts.ppo.train in a fresh process (the real
+code path: process-worker envs, batched generation, pi0 forward for the KL log, GAE, minibatch update), reporting
+the mean over the updates after the first (warm-up) of: collection env steps/s, PPO update samples/s, and the time
+split of an update into simulation (env reset/step), inference (preprocess, generate, values, pi0) and update
+(forward/backward/optimizer); plus that process's peak resident memory (env workers not included).
+
+Part 2, computed: memory of the openvla-7b-a100 PPO preset on one GPU, per component, from the real architecture
+built on the meta device (parameter counts, LoRA counts from peft) and the preset's batch sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+GB = 1e9
+
+
+def _bench_one(preset: str, task: str, updates: int, num_envs: int, num_steps: int, queue) -> None:
+    import torch
+
+    from rollouts import ppo
+    from rollouts.logger import read_metrics
+    from rollouts.presets import RL_PRESETS
+    from vla.config import preset_config
+
+    torch.set_num_threads(1)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_rollouts_"))
+    image = preset_config(preset).image_size
+    cfg = replace(
+        RL_PRESETS["ppo"]["tiny"][1], model=preset, task=task, num_envs=num_envs, num_steps=num_steps,
+        total_updates=updates, update_epochs=1, num_minibatches=4, env_in_process=False, progress=False,
+        checkpoint_every=10**6, env_kwargs={"image_size": image}, run_dir=str(run_dir / "run"), log_kl=True,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    ppo.train(cfg)
+    wall = time.perf_counter() - t0
+    rows = read_metrics(cfg.run_dir)[1:] or read_metrics(cfg.run_dir)
+    mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    queue.put({
+        "preset": preset, "task": task, "num_envs": num_envs, "num_steps": num_steps, "image": image,
+        "env_steps_per_s": mean("time/env_steps_per_s"), "samples_per_s": mean("time/samples_per_s"),
+        "sim_s": mean("time/sim_s"), "inference_s": mean("time/inference_s"), "update_s": mean("time/update_s"),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, "wall_s": wall,
+    })  # fmt: skip
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def measured(presets: list[str], tasks: list[str], updates: int, num_envs: int, num_steps: int) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    results = []
+    for preset in presets:
+        for task in tasks:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_bench_one, args=(preset, task, updates, num_envs, num_steps, queue))
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0:
+                print(f"{preset} on {task}: failed (exit code {proc.exitcode})")
+                continue
+            results.append(queue.get())
+    return results
+
+
+def memory_budget_7b() -> list[tuple[str, float, str]]:
+    """(component, GB, how) for the openvla-7b-a100 PPO preset on one GPU."""
+    import torch
+
+    from rollouts.presets import RL_PRESETS
+    from vla.config import preset_config
+    from vla.lora import LoraSettings, add_lora
+    from vla.modeling import OpenVLA
+    from vla.policy import ValueHead
+
+    cfg = RL_PRESETS["ppo"]["openvla-7b-a100"][1]
+    config = preset_config("openvla-7b")
+    model = OpenVLA.from_config(config, device="meta")
+    n_params = sum(p.numel() for p in model.parameters())
+    llm = model.language_model.config
+    hidden, layers, inter = llm.hidden_size, llm.num_hidden_layers, llm.intermediate_size
+    peft_model = add_lora(model, LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha))
+    n_lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    with torch.device("meta"):
+        n_value = sum(p.numel() for p in ValueHead(hidden).parameters())
+    seq = model.num_patches + 1 + 32 + 7  # BOS + patches + a ~32-token prompt + the action tokens
+    samples = cfg.num_envs * cfg.num_steps
+    micro = samples // (cfg.num_minibatches * cfg.grad_accum_steps)
+    bf16, fp32 = 2, 4
+    rows = [
+        ("weights (bf16)", n_params * bf16 / GB, f"{n_params:,} parameters x 2 B"),
+        ("LoRA adapters (fp32)", n_lora * fp32 / GB, f"{n_lora:,} parameters (r={cfg.lora_rank}, LM linears) x 4 B"),
+        ("LoRA gradients (fp32)", n_lora * fp32 / GB, "one per adapter parameter"),
+        ("AdamW state (fp32 m, v)", 2 * n_lora * fp32 / GB, "2 x adapter parameters x 4 B"),
+        ("value head + grad + AdamW", 4 * n_value * fp32 / GB, f"{n_value:,} parameters x 16 B"),
+        ("KV cache of generate()", cfg.num_envs * layers * 2 * seq * hidden * bf16 / GB,
+         f"{cfg.num_envs} envs x {layers} layers x K,V x {seq} tokens x {hidden} x 2 B"),
+        ("checkpointed layer inputs", micro * layers * seq * hidden * bf16 / GB,
+         f"micro-batch {micro} x {layers} layers x {seq} tokens x {hidden} x 2 B"),
+        ("one layer recomputed + its grads", 2 * micro * seq * (4 * hidden + 3 * inter) * bf16 / GB,
+         f"2 x micro-batch x {seq} tokens x (4 x {hidden} attention + 3 x {inter} MLP) x 2 B"),
+        ("vision towers forward (no grad)", micro * (model.num_patches + 5) * 1152 * 4 * bf16 * 4 / GB,
+         "transient: micro-batch x 261 tokens x 1152 x 4 x 2 B, a few blocks live"),
+        ("CUDA context + allocator slack", 2.0, "typical, not computed"),
+    ]  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--tasks", nargs="+", default=["toy/color-side", "metaworld/reach"])
+    parser.add_argument("--updates", type=int, default=3, help="PPO updates per run (the first is warm-up)")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--num-steps", type=int, default=16)
+    parser.add_argument("--json", type=str, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    print(f"== measured on this CPU: PPO, {args.num_envs} process-worker envs x {args.num_steps} steps, 1 epoch, "
+          f"4 minibatches, KL-to-pi0 logging on; means over updates 2..{args.updates} ==")  # fmt: skip
+    results = measured(args.presets, args.tasks, args.updates, args.num_envs, args.num_steps)
+    header = f"{'preset':<6} {'task':<16} {'img':>4} {'env steps/s':>11} {'upd samples/s':>13} {'sim s':>7} {'infer s':>8} {'update s':>8} {'peak RSS GB':>11}"
+    print(header)
+    for r in results:
+        total = r["sim_s"] + r["inference_s"] + r["update_s"]
+        print(f"{r['preset']:<6} {r['task']:<16} {r['image']:>4} {r['env_steps_per_s']:>11.1f} {r['samples_per_s']:>13.1f} "
+              f"{r['sim_s']:>7.2f} {r['inference_s']:>8.2f} {r['update_s']:>8.2f} {r['peak_rss_gb']:>11.2f}"
+              f"   (split {100 * r['sim_s'] / total:.0f}% sim / {100 * r['inference_s'] / total:.0f}% inference / "
+              f"{100 * r['update_s'] / total:.0f}% update)")  # fmt: skip
+
+    print("\n== computed: openvla-7b-a100 PPO preset on one 80 GB A100 (bf16, gradient checkpointing, LoRA r=32) ==")
+    budget = memory_budget_7b()
+    for name, gb, how in budget:
+        print(f"{name:<34} {gb:>7.2f} GB   {how}")
+    total = sum(gb for _, gb, _ in budget)
+    print(f"{'sum (upper bound)':<34} {total:>7.2f} GB   of 80 GB (KV cache and update activations are never live together); the rollout (uint8 images, log-probs, "
+          "pi0 distributions) is kept in host memory")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"measured": results, "budget_7b": budget}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Fine-tune a VLA on demonstrations (cross-entropy on the 7 action tokens, LoRA), optionally with a KL-to-pi0
+regularizer (SFT + KL: --kl-coef > 0).
+
+    python -m scripts.train_sft tiny                                  # CPU: generates 256 toy demos, then trains
+    python -m scripts.train_sft tiny --kl-coef 0.5 --run-dir runs/sft-kl
+    python -m scripts.train_sft openvla-7b-a100 --model /path/to/openvla-7b --dataset DEMO_DIR --run-dir runs/sft
+    torchrun --nproc-per-node 2 -m scripts.train_sft tiny --run-dir runs/sft-ddp
+
+Demo datasets are envs/demos.py directories (python -m envs demos ...). Presets: rollouts/presets.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rollouts import sft
+from rollouts.config import cli
+from rollouts.presets import SFT_PRESETS
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    cfg = cli(SFT_PRESETS, args=sys.argv[1:] if argv is None else argv, prog="train_sft.py",
+              description="Supervised fine-tuning on demonstrations (SFT, or SFT + KL with --kl-coef).")
+    return sft.train(cfg)
+
+
+if __name__ == "__main__":
+    main()
