@@ -81,14 +81,6 @@ def lr_factor(cfg: TrainConfig, update: int) -> float:
     return 1.0
 
 
-@dataclass
-class _LoraWithHead(LoraSettings):
-    """vla's LoRA settings plus the LM head (config lora_lm_head)."""
-
-    def target_modules(self) -> str:
-        return f"{super().target_modules()}|(language_model\\.lm_head)"
-
-
 def build_policy(cfg: TrainConfig, device: torch.device, adapter_dir: Path | None = None) -> VLAPolicy:
     """The base model (a vla preset or checkpoint directory) with fresh LoRA, or with the adapters in adapter_dir."""
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
@@ -97,8 +89,9 @@ def build_policy(cfg: TrainConfig, device: torch.device, adapter_dir: Path | Non
         policy.load_adapters(adapter_dir, trainable=True)
     else:
         torch.manual_seed(cfg.seed)  # LoRA's initialization follows the run's seed (presets re-seed their weights)
-        settings_cls = _LoraWithHead if cfg.lora_lm_head else LoraSettings
-        policy.add_lora(settings_cls(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+        policy.add_lora(
+            LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, lm_head=cfg.lora_lm_head)
+        )
     if cfg.gradient_checkpointing:
         policy.vla.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return policy

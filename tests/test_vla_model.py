@@ -44,6 +44,13 @@ def test_default_lora_on_openvla_7b_adapts_all_llm_linears():
     assert trainable == 79_953_920  # r=32 on q/k/v/o/gate/up/down of 32 layers
 
 
+def test_lora_on_the_lm_head_adds_its_rank_32_factors():
+    model = OpenVLA.from_config(preset_config("openvla-7b"), device="meta")
+    peft_model = add_lora(model, LoraSettings(lm_head=True))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert trainable == 79_953_920 + 32 * (4096 + 32064)  # A: r x 4096, B: 32064 x r
+
+
 def test_presets_are_the_same_classes_at_their_sizes():
     tiny = OpenVLA.from_config(preset_config("tiny"))
     small = OpenVLA.from_config(preset_config("small"))

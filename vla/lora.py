@@ -1,7 +1,7 @@
 """LoRA through peft, as OpenVLA's fine-tuning script does it (LoraConfig -> get_peft_model).
 
 By default it adapts every linear layer of the LM's decoder blocks (q/k/v/o and gate/up/down projections):
-79,953,920 trainable parameters on OpenVLA-7B at r=32. The ViT blocks and the projector can be added.
+79,953,920 trainable parameters on OpenVLA-7B at r=32. The ViT blocks, the projector and the LM head can be added.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch import nn
 _LM_LINEARS = r"language_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 _VISION_LINEARS = r"vision_backbone\.(featurizer|fused_featurizer)\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))"
 _PROJECTOR_LINEARS = r"projector\.fc[123]"
+_LM_HEAD = r"language_model\.lm_head"
 
 
 @dataclass
@@ -28,6 +29,9 @@ class LoraSettings:
     """Also adapt the attention and MLP linears of both ViTs."""
     projector: bool = False
     """Also adapt the projector's fc1/fc2/fc3."""
+    lm_head: bool = False
+    """Also adapt the LM head (OpenVLA's all-linear setting does; a randomly initialized tiny model needs it to make
+    its action distribution peaked, since a frozen random head bounds the logits)."""
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
@@ -40,6 +44,8 @@ class LoraSettings:
             patterns.append(_VISION_LINEARS)
         if self.projector:
             patterns.append(_PROJECTOR_LINEARS)
+        if self.lm_head:
+            patterns.append(_LM_HEAD)
         return "|".join(f"({p})" for p in patterns)
 
 
