@@ -172,7 +172,8 @@ class VLAPolicy(nn.Module):
         if not isinstance(self.model, PeftModel):
             raise ValueError("the policy has no adapters to save; call add_lora() or save_pretrained() instead")
         with atomic_directory(directory) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            # The base weights stay frozen (LoRA on the LM head leaves lm_head itself unchanged): save only adapters.
+            self.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
             save_file(self.value_head.state_dict(), tmp / VALUE_HEAD_FILE)
             if self.vla.config.norm_stats:
                 (tmp / NORM_STATS_FILE).write_text(json.dumps(self.vla.config.norm_stats, indent=2))
