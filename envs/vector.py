@@ -35,6 +35,7 @@ import multiprocessing as mp
 import os
 import traceback
 from multiprocessing.connection import Connection
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -241,14 +242,22 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         """Process ids of the workers (this process's id for in-process envs)."""
         return [worker.pid for worker in self.workers]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Reset every env; returns (batched obs, info). `options` is accepted for API compatibility and ignored."""
-        super().reset(seed=seed)
-        if seed is not None:
-            self._base_seed = seed
-        seeds = [None] * self.num_envs
-        if seed is not None or not self._started:
-            seeds = [self._base_seed + i for i in range(self.num_envs)]
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None):
+        """Reset every env; returns (batched obs, info). seed=s seeds env i with s + i; a list of num_envs seeds
+        (gymnasium's convention) gives each env its own, e.g. GRPO's groups of envs that share a start.
+        `options` is accepted for API compatibility and ignored."""
+        if isinstance(seed, Sequence):
+            if len(seed) != self.num_envs:
+                raise ValueError(f"reset got {len(seed)} seeds for {self.num_envs} envs; give one per env or an int")
+            seeds = [int(s) for s in seed]
+            super().reset(seed=seeds[0])
+        else:
+            super().reset(seed=seed)
+            if seed is not None:
+                self._base_seed = seed
+            seeds = [None] * self.num_envs
+            if seed is not None or not self._started:
+                seeds = [self._base_seed + i for i in range(self.num_envs)]
         self._started = True
         for worker, env_seed in zip(self.workers, seeds):
             worker.send("reset", env_seed)

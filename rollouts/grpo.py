@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 
 import envs
 from rollouts.advantages import episode_returns, group_normalized
 from rollouts.collect import collect, local_num_envs
 from rollouts.config import RLConfig, check
-from rollouts.constants import CHARTS, LOSSES, OBS_INSTRUCTION, TIME
+from rollouts.constants import CHARTS, LOSSES, TIME
 from rollouts.ppo import kl_to_base
 from rollouts.run import Callback, Run
 
@@ -59,50 +58,11 @@ class GRPOConfig(RLConfig):
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
-class GroupedEnvs:
-    """group_size vector envs of G envs each, presented as one vector env of G * group_size envs.
-
-    reset(seed=s) resets every member vector env with s, so env g of every member starts from seed s + g: flat
-    env j = member * G + g belongs to group g = j % G. Only what collect() reads is merged: obs, reward,
-    terminated, truncated, info["success"] and info["final_obs"].
-    """
-
-    def __init__(self, task_id: str, groups: int, group_size: int, seed: int, **options: Any):
-        self.members = [envs.make_vec(task_id, groups, seed=seed, **options) for _ in range(group_size)]
-
-    def reset(self, seed: int):
-        results = [m.reset(seed=seed) for m in self.members]
-        return _cat_obs([r[0] for r in results]), {}
-
-    def step(self, actions: np.ndarray):
-        parts = np.split(np.asarray(actions), len(self.members))
-        results = [m.step(a) for m, a in zip(self.members, parts)]
-        obs = _cat_obs([r[0] for r in results])
-        reward, terminated, truncated = (np.concatenate([r[k] for r in results]) for k in (1, 2, 3))
-        success = np.concatenate([np.asarray(r[4]["success"], bool) for r in results])
-        final_obs = np.empty(len(success), dtype=object)
-        n = len(success) // len(self.members)
-        for k, r in enumerate(results):
-            if "final_obs" in r[4]:
-                final_obs[k * n : (k + 1) * n] = list(r[4]["final_obs"])
-        return obs, reward, terminated, truncated, {"success": success, "final_obs": final_obs}
-
-    def close(self) -> None:
-        for m in self.members:
-            m.close()
-
-
-def _cat_obs(parts: list[dict]) -> dict:
-    return {
-        "image": np.concatenate([p["image"] for p in parts]),
-        OBS_INSTRUCTION: tuple(t for p in parts for t in p[OBS_INSTRUCTION]),
-        "state": np.concatenate([p["state"] for p in parts]),
-    }
-
-
-def group_seed(cfg: GRPOConfig, update: int, rank: int, local_groups: int) -> int:
-    """Seed of this rank's first group for `update` (group g of the rank starts from it + g)."""
-    return cfg.seed * 1_000_003 + update * (cfg.num_envs // cfg.group_size) + rank * local_groups
+def group_seeds(cfg: GRPOConfig, update: int, rank: int, groups: int) -> list[int]:
+    """Reset seeds of this rank's envs for `update`: flat env j starts from the seed of its group g = j % groups,
+    so the group_size members of a group share their initial state."""
+    first = cfg.seed * 1_000_003 + update * (cfg.num_envs // cfg.group_size) + rank * groups
+    return [first + j % groups for j in range(groups * cfg.group_size)]
 
 
 # ---- training loop ---------------------------------------------------------------------------------------------
@@ -114,16 +74,16 @@ def train(cfg: GRPOConfig, callbacks: Sequence[Callback] = ()) -> dict[str, floa
     check(n_local % cfg.group_size == 0, f"each of the {dist.world_size} processes needs whole groups of {cfg.group_size} envs")
     groups = n_local // cfg.group_size
     horizon = cfg.rollout_steps()
-    vec = GroupedEnvs(cfg.task, groups, cfg.group_size, cfg.seed, **cfg.vec_options())
+    vec = envs.make_vec(cfg.task, n_local, seed=cfg.seed, **cfg.vec_options())
     try:
         for update in range(run.update + 1, cfg.total_updates + 1):
             t0 = time.perf_counter()
             policy.eval()
-            seed = group_seed(cfg, update, dist.rank, groups)
             rollout = collect(
-                policy, vec, horizon, [seed], temperature=cfg.temperature, unnorm_key=cfg.unnorm_key, reward=cfg.reward,
-                with_values=False, with_base=cfg.kl_coef > 0 or cfg.log_kl, stop_when_all_done=True,
-            )  # fmt: skip
+                policy, vec, horizon, group_seeds(cfg, update, dist.rank, groups), temperature=cfg.temperature,
+                unnorm_key=cfg.unnorm_key, reward=cfg.reward, with_values=False,
+                with_base=cfg.kl_coef > 0 or cfg.log_kl, stop_when_all_done=True,
+            )
             t1 = time.perf_counter()
 
             # Group-normalized returns of each env's first episode; flat env j is in group j % groups.

@@ -134,14 +134,18 @@ def test_collect_bootstraps_truncation_from_final_obs_and_not_termination():
 
 
 def test_grpo_groups_start_from_the_same_state():
-    vec = grpo.GroupedEnvs("toy/color-side", groups=3, group_size=4, seed=0, in_process=True)
-    obs, _ = vec.reset(seed=50)
-    images = obs["image"].reshape(4, 3, *obs["image"].shape[1:])  # [member, group, H, W, 3]
+    cfg = grpo.GRPOConfig(task="toy/color-side", num_envs=12, group_size=4)
+    seeds = grpo.group_seeds(cfg, update=1, rank=0, groups=3)
+    vec = envs.make_vec("toy/color-side", 12, in_process=True)
+    obs, _ = vec.reset(seed=seeds)
+    images = obs["image"].reshape(4, 3, *obs["image"].shape[1:])  # [member, group, H, W, 3]: flat env j in group j % 3
     for g in range(3):
         assert all(np.array_equal(images[0, g], images[m, g]) for m in range(4))
     assert not np.array_equal(images[0, 0], images[0, 1])
     _, _, terminated, _, info = vec.step(np.zeros((12, 7), np.float32))
     assert terminated.all() and info["success"].shape == (12,) and info["final_obs"][5] is not None
+    with pytest.raises(ValueError, match="3 seeds for 12 envs"):
+        vec.reset(seed=[1, 2, 3])
     vec.close()
 
 
