@@ -21,7 +21,7 @@ import envs
 from rollouts.advantages import episode_returns, group_normalized
 from rollouts.collect import collect, local_num_envs
 from rollouts.config import RLConfig, check
-from rollouts.constants import CHARTS, LOSSES, TIME
+from rollouts.constants import CHARTS, LOSSES
 from rollouts.ppo import kl_to_base
 from rollouts.run import Callback, Run
 
@@ -139,10 +139,8 @@ def train(cfg: GRPOConfig, callbacks: Sequence[Callback] = ()) -> dict[str, floa
             metrics.update({
                 f"{CHARTS}group_return_std": float(returns.reshape(cfg.group_size, groups).std(0).mean()),
                 f"{CHARTS}zero_signal_groups": float((returns.reshape(cfg.group_size, groups).std(0) == 0).float().mean()),
-                f"{TIME}sim_s": rollout.sim_s, f"{TIME}inference_s": rollout.inference_s, f"{TIME}update_s": t2 - t1,
-                f"{TIME}env_steps_per_s": env_steps * dist.world_size / (t1 - t0),
-                f"{TIME}samples_per_s": samples * dist.world_size / (t2 - t1),
             })  # fmt: skip
+            metrics.update(run.rl_timing_metrics(rollout, env_steps, samples, t1 - t0, t2 - t1))
             run.end_update(update, metrics, env_steps=env_steps, samples=samples)
     finally:
         vec.close()

@@ -25,7 +25,7 @@ from rollouts import distributed
 from rollouts.advantages import gae
 from rollouts.collect import Rollout, collect, env_seeds, local_num_envs
 from rollouts.config import ConfigError, RLConfig, check
-from rollouts.constants import CHARTS, LOSSES, TIME
+from rollouts.constants import CHARTS, LOSSES
 from rollouts.run import Callback, Run
 
 
@@ -215,12 +215,8 @@ def train(cfg: PPOConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float
             env_steps = rollout.num_steps * rollout.num_envs
             samples = int(env_steps * metrics[f"{LOSSES}epochs"])  # epochs done (target_kl may stop early)
             metrics.update(run.episode_metrics(rollout.episodes))
-            metrics.update({
-                f"{CHARTS}reward_mean": float(rollout.rewards.mean()),
-                f"{TIME}sim_s": rollout.sim_s, f"{TIME}inference_s": rollout.inference_s, f"{TIME}update_s": t2 - t1,
-                f"{TIME}env_steps_per_s": env_steps * dist.world_size / (t1 - t0),
-                f"{TIME}samples_per_s": samples * dist.world_size / (t2 - t1),
-            })  # fmt: skip
+            metrics[f"{CHARTS}reward_mean"] = float(rollout.rewards.mean())
+            metrics.update(run.rl_timing_metrics(rollout, env_steps, samples, t1 - t0, t2 - t1))
             run.end_update(update, metrics, env_steps=env_steps, samples=samples)
     finally:
         vec.close()

@@ -21,7 +21,7 @@ import envs
 from rollouts.advantages import batch_normalized, episode_returns
 from rollouts.collect import collect, env_seeds, local_num_envs
 from rollouts.config import RLConfig
-from rollouts.constants import CHARTS, LOSSES, TIME
+from rollouts.constants import CHARTS, LOSSES
 from rollouts.ppo import kl_to_base
 from rollouts.run import Callback, Run
 
@@ -97,12 +97,8 @@ def train(cfg: REINFORCEConfig, callbacks: Sequence[Callback] = ()) -> dict[str,
             metrics = {f"{LOSSES}{k}": v for k, v in sums.items()}
             metrics[f"{LOSSES}grad_norm"] = grad_norm
             metrics.update(run.episode_metrics(rollout.episodes))
-            metrics.update({
-                f"{CHARTS}return_std": float(returns.std()),
-                f"{TIME}sim_s": rollout.sim_s, f"{TIME}inference_s": rollout.inference_s, f"{TIME}update_s": t2 - t1,
-                f"{TIME}env_steps_per_s": env_steps * dist.world_size / (t1 - t0),
-                f"{TIME}samples_per_s": n * dist.world_size / (t2 - t1),
-            })  # fmt: skip
+            metrics[f"{CHARTS}return_std"] = float(returns.std())
+            metrics.update(run.rl_timing_metrics(rollout, env_steps, n, t1 - t0, t2 - t1))
             run.end_update(update, metrics, env_steps=env_steps, samples=n)
     finally:
         vec.close()

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from rollouts import checkpoint, distributed
+from rollouts.collect import Rollout
 from rollouts.config import ConfigError, TrainConfig, check_resume_compatible, save_json
 from rollouts.constants import ADAPTER_DIR, CHARTS, EPISODE_METRICS, CONFIG_FILE, ENV_STEPS, SAMPLES, TIME, TRAINER_STATE_FILE, UPDATE
 from rollouts.logger import RunLogger
@@ -252,6 +253,19 @@ class Run:
         out = {f"{CHARTS}{k}": total[k] / total["count"] for k in EPISODE_METRICS}
         out[f"{CHARTS}episodes"] = total["count"] * self.dist.world_size
         return out
+
+    def rl_timing_metrics(
+        self, rollout: Rollout, env_steps: int, samples: int, collect_s: float, update_s: float
+    ) -> dict[str, float]:
+        """time/<metric> of one RL update: this rank's sim/inference/update seconds, throughput over all ranks."""
+        world = self.dist.world_size
+        return {
+            f"{TIME}sim_s": rollout.sim_s,
+            f"{TIME}inference_s": rollout.inference_s,
+            f"{TIME}update_s": update_s,
+            f"{TIME}env_steps_per_s": env_steps * world / collect_s,
+            f"{TIME}samples_per_s": samples * world / update_s,
+        }
 
     def _run_callbacks(self, update: int) -> dict[str, float]:
         ctx = RunContext(update, self.policy, self.cfg, self.run_dir, self.dist, dict(self.counters))
