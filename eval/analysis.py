@@ -209,6 +209,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG and close a figure; returns its path."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def _colors(methods: list[str]) -> dict[str, str]:
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
     named = {BASE_METHOD: "black"}
@@ -240,11 +249,7 @@ def plot_forgetting_vs_predictors(points: list[Point], fits: dict[str, dict[str,
         ax.set_ylabel("forgetting (mean prior-task success drop)")
         ax.axhline(0, color="lightgray", lw=0.8)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_pareto(points: list[Point], path: str | Path) -> Path:
@@ -266,11 +271,7 @@ def plot_pareto(points: list[Point], path: str | Path) -> Path:
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pareto_front(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -300,11 +301,7 @@ def plot_learning_curves(points: list[Point], path: str | Path) -> Path:
         ax.set_title(title, fontsize=10)
     if runs:
         axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_training_curves(metric_files: dict[str, Path], path: str | Path,
@@ -328,11 +325,7 @@ def plot_training_curves(metric_files: dict[str, Path], path: str | Path,
     labelled = [ax for ax in axes[0] if ax.get_legend_handles_labels()[1]]
     if labelled:
         labelled[0].legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list[Point] | None = None) -> dict:

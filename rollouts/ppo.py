@@ -206,9 +206,10 @@ def train(cfg: PPOConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float
             t0 = time.perf_counter()
             policy.eval()
             rollout = collect(
-                policy, vec, num_steps, env_seeds(cfg.seed, update, cfg.num_envs, dist.rank, n_local), temperature=cfg.temperature,
-                unnorm_key=cfg.unnorm_key, reward=cfg.reward, with_base=cfg.kl_coef > 0 or cfg.log_kl,
-            )  # fmt: skip
+                policy, vec, num_steps, env_seeds(cfg.seed, update, cfg.num_envs, dist.rank, n_local),
+                temperature=cfg.temperature, unnorm_key=cfg.unnorm_key, reward=cfg.reward,
+                with_base=cfg.kl_coef > 0 or cfg.log_kl,
+            )
             t1 = time.perf_counter()
             metrics = ppo_update(run, rollout, cfg)
             t2 = time.perf_counter()
