@@ -90,12 +90,14 @@ def generate_demos(
     env_options: dict[str, Any] | None = None,
     keep_failures: bool = False,
     max_attempts: int | None = None,
+    expert: Expert | None = None,
     log: Callable[[str], None] = print,
 ) -> DemoDataset:
     """Write `num_episodes` expert episodes of `task_id` into `out_dir` (resuming it if it exists; see the module
-    docstring). Stops after `max_attempts` rollouts (default: 2 * num_episodes + 10) if the expert keeps failing."""
+    docstring). Stops after `max_attempts` rollouts (default: 2 * num_episodes + 10) if the expert keeps failing.
+    `expert` replaces the task's scripted expert (e.g. another labeller, or a policy for rejection sampling)."""
     spec = get_spec(task_id)
-    expert = _expert_for(task_id)
+    expert = expert if expert is not None else _expert_for(task_id)
     env_options = json.loads(json.dumps(env_options or {}))  # JSON-normal form, comparable with meta.json
     max_attempts = max_attempts if max_attempts is not None else 2 * num_episodes + 10
     root = Path(out_dir)

@@ -24,7 +24,19 @@ toy/reach-side (up to `horizon` steps, default 6)
     Success: the cursor is within `tolerance` (0.2 half-widths) of the marker's column; the episode then
     terminates. Otherwise it is truncated after `horizon` steps (so this task exercises both ends).
 
-Rewards (both tasks): `info["success"]` as a float is the sparse reward; the env's own reward is dense: the
+toy/parity (1 step per episode): the known-answer task of the `parity` experiment preset (RL's Razor's
+    ParityMNIST analogue: many equally good actions)
+    Task: the same images as color-side; the marker's side sets a parity (left: even, right: odd).
+    Instruction: "pick a step of the <colour> marker's parity".
+    Success: dy falls in one of the `cells` (default 8) equal cells of [-1, 1] whose index (0 = the cell at -1)
+    has that parity: half of all dy values, spread over the whole range, solve it. With a 9-bin action tokenizer
+    (8 distinct bin centres, one per cell) a policy that samples dy uniformly succeeds half of the time.
+    Two scripted experts: `ParityExpert` (the registered one) draws a uniformly random valid cell per episode,
+    so behaviour cloning on it spreads probability over all solutions; `ParityOneSolutionExpert` always picks
+    the lowest valid cell, one arbitrary solution (the SFT labels of the `parity` preset).
+    The dense reward is the binary one (there is no shaping towards a particular solution).
+
+Rewards (other tasks): `info["success"]` as a float is the sparse reward; the env's own reward is dense: the
 reduction of the cursor's distance to the marker (color-side: the signed dy along the marker's direction,
 clipped to [-1, 1]), plus 1 on success.
 
@@ -159,6 +171,60 @@ class ToySideExpert:
         return action
 
 
+class ToyParityEnv(ToySideEnv):
+    """Any dy cell of the marker side's parity succeeds (see the module docstring)."""
+
+    def __init__(self, cells: int = 8, **options: Any):
+        if cells < 2 or cells % 2:
+            raise ValueError(f"cells must be an even number >= 2, got {cells}")
+        super().__init__(horizon=1, **options)
+        self.cells = int(cells)
+
+    def parity(self) -> int:
+        """The parity a solving cell must have: 0 (even) with the marker on the left, 1 on the right."""
+        return 0 if self._marker > 0 else 1
+
+    def cell(self, dy: float) -> int:
+        """Index of the cell of [-1, 1] that dy falls in (0 = the cell at -1; dy = 1 belongs to the last cell)."""
+        return min(int((dy + 1.0) / 2.0 * self.cells), self.cells - 1)
+
+    def step(self, action):
+        dy = float(check_action(action)[DY])
+        self._t += 1
+        success = self.cell(dy) % 2 == self.parity()
+        return self._obs(), float(success), True, False, {"success": success, "marker_side": int(np.sign(self._marker))}
+
+    def _obs(self) -> dict:
+        obs = super()._obs()
+        obs["instruction"] = f"pick a step of the {self._color} marker's parity"
+        return obs
+
+
+class ParityExpert:
+    """Scripted demonstrator of toy/parity: the centre of a uniformly random valid cell (seeded by the episode's
+    image, so a dataset is reproducible), zeros elsewhere, gripper open."""
+
+    def reset(self, env: gym.Env, obs: dict, info: dict) -> None:
+        self._env = env.unwrapped
+        self._rng = np.random.default_rng(int(obs["image"].astype(np.int64).sum()))
+
+    def choose_cell(self) -> int:
+        return 2 * int(self._rng.integers(self._env.cells // 2)) + self._env.parity()
+
+    def act(self, obs: dict) -> np.ndarray:
+        action = np.zeros(ACTION_DIM, np.float32)
+        action[DY] = -1.0 + (self.choose_cell() + 0.5) * 2.0 / self._env.cells
+        action[-1] = 1.0
+        return action
+
+
+class ParityOneSolutionExpert(ParityExpert):
+    """toy/parity's one-solution labeller: always the lowest cell of the right parity."""
+
+    def choose_cell(self) -> int:
+        return self._env.parity()
+
+
 def _make_color_side(**options: Any) -> gym.Env:
     options.setdefault("horizon", 1)
     if options["horizon"] != 1:
@@ -195,5 +261,18 @@ register(
         factory=_make_reach_side,
         backend_env_id="envs.toy.ToySideEnv(horizon=6)",
         expert_factory=ToySideExpert,
+    )
+)
+register(
+    TaskSpec(
+        task_id="toy/parity",
+        suite="toy",
+        robot="cursor",
+        instruction="pick a step of the <colour> marker's parity",
+        backend="numpy",
+        max_episode_steps=1,
+        factory=ToyParityEnv,
+        backend_env_id="envs.toy.ToyParityEnv",
+        expert_factory=ParityExpert,
     )
 )

@@ -10,11 +10,17 @@ Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skip
   kl_base          pi0's sampled action tokens and per-token log-probs on `kl_obs` held-out new-task observations
                    (eval/kl.py), saved to kl_base.npz and shared by the online monitor and the offline evaluations
   eval_base        pi0 on the suite (prior tasks + new task)                          -> evals/base/eval.json
-  train_<run>      one fine-tuning run per method x learning rate (rollouts/: PPO+LoRA, SFT+LoRA), a checkpoint
-                   every `checkpoint_every` updates (all kept), the online KL monitor every checkpoint; an
-                   interrupted run resumes from its last checkpoint (rollouts' --resume)
+  rft_data         (method rft only) pi0's own sampled episodes on the new task, the successful ones kept as a
+                   demo dataset (rejection sampling: the cheapest on-policy data)
+  fisher           pi0's diagonal Fisher information of the LoRA-adapted weights on the KL observations
+                   (eval/predictors.py)                                                  -> fisher.safetensors
+  train_<run>      one fine-tuning run per method x learning rate x batch size (rollouts/, all with LoRA; see
+                   METHODS), a checkpoint every `checkpoint_every` updates (all kept), the online KL monitor
+                   every checkpoint; an interrupted run resumes from its last checkpoint (rollouts' --resume)
   eval_<run>_<n>   each checkpoint on the suite, with the comparison to pi0, KL and weight distance
                                                                                      -> evals/<run>/step_<n>/eval.json
+  predict_<run>_<n> each checkpoint's other forgetting predictors (eval/predictors.py)
+                                                                               -> evals/<run>/step_<n>/predictors.json
   report           eval/analysis.py fits + plots (analysis/), eval/report.py            -> report.md
 
 A run directory made by another config is refused (ExperimentMismatch); the fields in `RESUMABLE` may change.
@@ -34,6 +40,29 @@ from typing import Callable, Literal
 from eval.stages import StageRunner
 
 RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads")
+
+METHODS = {
+    "reinforce": "REINFORCE + LoRA (rollouts/reinforce.py) as RL's Razor runs it on robots: binary success reward, "
+                 "batch-normalized return as baseline, no KL penalty, `rl_trajectories_per_state` episodes per "
+                 "initial state",
+    "grpo": "GRPO + LoRA (rollouts/grpo.py): binary success reward, groups of `rl_trajectories_per_state` episodes "
+            "from one initial state, group-normalized returns, no KL penalty",
+    "ppo": "PPO + LoRA (rollouts/ppo.py) with a value head, `ppo_reward` (dense shaping or binary success)",
+    "sft": "SFT + LoRA on scripted-expert demos of the new task (rollouts/sft.py)",
+    "sft+kl": "SFT + LoRA with `sft_kl_coef` * KL(pi0 || pi) added to the loss (rollouts/sft.py)",
+    "rft": "SFT + LoRA on pi0's own successful sampled episodes of the new task (rejection-sampling fine-tuning)",
+}
+RL_METHODS = ("reinforce", "grpo", "ppo")
+SFT_METHODS = ("sft", "sft+kl", "rft")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One fine-tuning run of the sweep."""
+
+    method: str
+    lr: float
+    batch_size: int
 
 
 @dataclass
@@ -75,12 +104,26 @@ class ExperimentConfig:
     """pi0 learning rate."""
 
     # ---- fine-tuning ----
-    methods: tuple[str, ...] = ("ppo", "sft")
-    """Fine-tuning methods to run: ppo (PPO + LoRA, rollouts/ppo.py) and sft (SFT + LoRA on new-task demos)."""
+    methods: tuple[str, ...] = ("reinforce", "sft")
+    """Fine-tuning methods to run (eval/experiment.py's METHODS): reinforce, grpo, ppo, sft, sft+kl, rft."""
+    reinforce_lrs: tuple[float, ...] = (3e-4,)
+    """LoRA learning rates of the REINFORCE sweep."""
+    grpo_lrs: tuple[float, ...] = (3e-4,)
+    """LoRA learning rates of the GRPO sweep."""
     ppo_lrs: tuple[float, ...] = (3e-4,)
     """LoRA learning rates of the PPO sweep."""
     sft_lrs: tuple[float, ...] = (3e-4,)
-    """LoRA learning rates of the SFT sweep."""
+    """LoRA learning rates of the SFT and SFT + KL sweeps."""
+    rft_lrs: tuple[float, ...] = (3e-4,)
+    """LoRA learning rates of the RFT sweep."""
+    rl_batch_sizes: tuple[int, ...] = (8,)
+    """Episodes per update of the REINFORCE and GRPO sweeps (each a multiple of rl_trajectories_per_state)."""
+    rl_trajectories_per_state: int = 4
+    """REINFORCE/GRPO episodes from each initial state per update (RL's Razor's robots: 5)."""
+    warmup_updates: int = 0
+    """Linear learning-rate warm-up of every arm, in updates (then constant; RL's Razor: 10)."""
+    lora_lm_head: bool = False
+    """Also adapt the LM head (rollouts' lora_lm_head)."""
     lora_rank: int = 8
     """LoRA rank."""
     lora_alpha: int = 16
@@ -98,19 +141,27 @@ class ExperimentConfig:
     ppo_epochs: int = 2
     """PPO epochs per update."""
     ppo_reward: Literal["sparse", "dense"] = "dense"
-    """PPO reward: the task's dense reward or sparse success."""
+    """PPO reward: the task's dense reward or sparse (binary) success. REINFORCE and GRPO always use success."""
     ppo_env_in_process: bool = False
-    """Run PPO's envs in the training process instead of worker processes (faster for cheap envs, e.g. toy)."""
+    """Run the RL methods' envs in the training process instead of worker processes (faster for cheap envs,
+    e.g. toy)."""
     sft_updates: int | None = None
     """SFT optimizer steps per run (None: `updates`); SFT steps are much cheaper than PPO iterations."""
     sft_checkpoint_every: int | None = None
     """SFT checkpoint/evaluation interval (None: `checkpoint_every`)."""
     sft_demos: int = 20
     """New-task expert demos for SFT."""
-    sft_batch_size: int = 32
-    """SFT batch size."""
+    sft_batch_sizes: tuple[int, ...] = (32,)
+    """Batch sizes of the SFT, SFT + KL and RFT sweeps."""
     sft_demo_dir: str | None = None
     """An existing new-task demo dataset for SFT (needed where the new task has no scripted expert)."""
+    sft_expert: str = ""
+    """"module:Class" of another scripted expert to label the SFT demos with (e.g. one that always picks the same
+    of several solutions); empty: the task's own expert."""
+    sft_kl_coef: float = 0.1
+    """KL(pi0 || pi) weight of the sft+kl method."""
+    rft_episodes: int = 64
+    """pi0 episodes sampled on the new task for RFT (the successful ones are its training data)."""
 
     # ---- evaluation ----
     eval_episodes: int = 16
@@ -123,6 +174,9 @@ class ExperimentConfig:
     """Held-out new-task observations for the KL measurements."""
     kl_samples_per_obs: int = 2
     """pi0 token samples per observation."""
+    predictors: bool = True
+    """Measure every forgetting predictor of eval/predictors.py per checkpoint (Fisher, activations, weight
+    norms, forward KL on the states pi visits)."""
     progress: bool = False
     """Progress bars."""
     num_threads: int = 0
@@ -130,14 +184,22 @@ class ExperimentConfig:
 
     def __post_init__(self):
         self.prior_tasks, self.methods = tuple(self.prior_tasks), tuple(self.methods)
-        self.ppo_lrs, self.sft_lrs = tuple(self.ppo_lrs), tuple(self.sft_lrs)
+        for name in ("reinforce_lrs", "grpo_lrs", "ppo_lrs", "sft_lrs", "rft_lrs", "rl_batch_sizes", "sft_batch_sizes"):
+            setattr(self, name, tuple(getattr(self, name)))
         if not self.prior_tasks:
             raise ValueError("prior_tasks must list at least one task")
         if self.new_task in self.prior_tasks:
             raise ValueError(f"new_task {self.new_task!r} is also a prior task")
-        unknown = set(self.methods) - {"ppo", "sft"}
+        unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from ppo, sft")
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+        if any(b % self.rl_trajectories_per_state for b in self.rl_batch_sizes) or self.rl_trajectories_per_state < 1:
+            raise ValueError(f"every rl_batch_sizes entry {self.rl_batch_sizes} must be a multiple of "
+                             f"rl_trajectories_per_state={self.rl_trajectories_per_state}")
+        if "grpo" in self.methods and self.rl_trajectories_per_state < 2:
+            raise ValueError("grpo needs rl_trajectories_per_state >= 2 (its groups)")
+        if self.sft_expert and ":" not in self.sft_expert:
+            raise ValueError(f"sft_expert must be 'module:Class', got {self.sft_expert!r}")
         if self.checkpoint_every < 1 or self.updates < self.checkpoint_every:
             raise ValueError("need 1 <= checkpoint_every <= updates")
         if not 1 <= (self.sft_checkpoint_every or self.checkpoint_every) <= (self.sft_updates or self.updates):
@@ -189,29 +251,40 @@ class Experiment:
             missing = [t for t in self.cfg.prior_tasks if envs.get_spec(t).expert_factory is None]
             if missing:
                 raise ValueError(f"pi0 is trained on expert demos, but {missing} have no scripted expert")
-        if "sft" in self.cfg.methods and importlib.util.find_spec("rollouts.sft") is None:
-            raise ValueError("method sft needs rollouts/sft.py, which this checkout lacks; use --methods ppo")
-        if "sft" in self.cfg.methods and self.cfg.sft_demo_dir is None \
+        demo_methods = {"sft", "sft+kl"} & set(self.cfg.methods)
+        if demo_methods and self.cfg.sft_demo_dir is None and not self.cfg.sft_expert \
                 and envs.get_spec(self.cfg.new_task).expert_factory is None:
-            raise ValueError(f"SFT needs demos of {self.cfg.new_task!r}, which has no scripted expert: give "
-                             "--sft-demo-dir or drop sft from --methods")
+            raise ValueError(f"{sorted(demo_methods)} need demos of {self.cfg.new_task!r}, which has no scripted "
+                             "expert: give --sft-demo-dir or drop them from --methods")
+        if self.cfg.sft_expert:
+            self._sft_expert_class()  # an unknown module or class fails now, not after pi0
 
     @property
     def env_options(self) -> dict:
         return {"image_size": self.cfg.image_size}
 
+    def _sft_expert_class(self):
+        module, _, name = self.cfg.sft_expert.partition(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"sft_expert {self.cfg.sft_expert!r} cannot be imported: {e}") from None
+
     # ---- stages ----
-    def demos(self, task: str, n: int) -> str:
+    def demos(self, task: str, n: int, expert: str = "") -> str:
+        """Scripted demos of `task` (by its own expert, or by the "module:Class" `expert`), cached."""
         from envs.demos import generate_demos
 
-        path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}_n{n}_s{self.cfg.seed}"
+        tag = f"_{expert.rpartition(':')[2]}" if expert else ""
+        path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}_n{n}_s{self.cfg.seed}{tag}"
 
         def run():
-            ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options, log=lambda s: None)
+            ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options, log=lambda s: None,
+                                expert=self._sft_expert_class()() if expert else None)
             return {"path": str(path), "episodes": len(ds), "steps": ds.num_steps,
                     "expert_success_rate": ds.meta["expert_success_rate"]}
 
-        return self.stages.run(f"demos_{_slug(task)}_n{n}", run)["path"]
+        return self.stages.run(f"demos_{_slug(task)}_n{n}{tag}", run)["path"]
 
     def pi0(self) -> str:
         cfg = self.cfg
@@ -273,13 +346,76 @@ class Experiment:
         self.stages.run("eval_base", run)
         return out
 
-    def runs(self) -> list[tuple[str, str, float]]:
-        """(run name, method, lr) of the sweep."""
-        out = []
-        for m in self.cfg.methods:
-            for lr in (self.cfg.ppo_lrs if m == "ppo" else self.cfg.sft_lrs):
-                out.append((f"{m}_lr{_lr_tag(lr)}", m, lr))
+    def arms(self) -> dict[str, Arm]:
+        """{run name: Arm} of the sweep: per method every learning rate x batch size. Names carry the batch size
+        when the method's sweep has more than one."""
+        cfg = self.cfg
+        lrs = {"reinforce": cfg.reinforce_lrs, "grpo": cfg.grpo_lrs, "ppo": cfg.ppo_lrs, "sft": cfg.sft_lrs,
+               "sft+kl": cfg.sft_lrs, "rft": cfg.rft_lrs}
+        batches = {"reinforce": cfg.rl_batch_sizes, "grpo": cfg.rl_batch_sizes, "ppo": (cfg.ppo_num_envs,),
+                   "sft": cfg.sft_batch_sizes, "sft+kl": cfg.sft_batch_sizes, "rft": cfg.sft_batch_sizes}
+        out = {}
+        for m in cfg.methods:
+            for lr in lrs[m]:
+                for b in batches[m]:
+                    name = f"{m}_lr{_lr_tag(lr)}" + (f"_b{b}" if len(batches[m]) > 1 else "")
+                    out[name] = Arm(m, lr, b)
         return out
+
+    def runs(self) -> list[tuple[str, str, float]]:
+        """(run name, method, lr) of the sweep (batch sizes: `arms`)."""
+        return [(name, arm.method, arm.lr) for name, arm in self.arms().items()]
+
+    def rft_data(self, pi0: str) -> str:
+        """pi0's successful sampled episodes of the new task as a demo dataset (the RFT arm's data)."""
+        from envs.demos import generate_demos
+        from eval.evaluate import load_policy
+        from vla.gym_policy import GymPolicy
+
+        cfg = self.cfg
+        path = self.dir / "rft_data"
+
+        class PolicyExpert:  # the envs/ expert protocol around pi0 sampling at temperature 1
+            def __init__(self, policy):
+                self.act_fn = GymPolicy(policy, unnorm_key=cfg.unnorm_key, do_sample=True, seed=cfg.seed)
+
+            def reset(self, env, obs, info):
+                pass
+
+            def act(self, obs):
+                return self.act_fn(obs)
+
+        def run():
+            policy = load_policy(pi0, n_action_bins=cfg.n_action_bins)
+            ds = generate_demos(cfg.new_task, cfg.rft_episodes, path, seed=300_000, env_options=self.env_options,
+                                max_attempts=cfg.rft_episodes, expert=PolicyExpert(policy), log=lambda s: None)
+            if len(ds) == 0:
+                raise RuntimeError(f"pi0 succeeded in none of {cfg.rft_episodes} sampled episodes of "
+                                   f"{cfg.new_task}: RFT has no data (raise --rft-episodes or drop rft)")
+            return {"path": str(path), "episodes": len(ds), "steps": ds.num_steps,
+                    "pi0_sampled_success_rate": ds.meta["expert_success_rate"]}
+
+        return self.stages.run("rft_data", run)["path"]
+
+    def fisher(self, pi0: str, kl_base: Path) -> Path:
+        """pi0's diagonal Fisher information of the weights the arms' LoRA layers adapt (eval/predictors.py)."""
+        from eval.evaluate import load_policy
+        from eval.kl import load_base_samples
+        from eval.predictors import fisher_diagonal, save_fisher
+        from vla.lora import LoraSettings
+
+        path = self.dir / "fisher.safetensors"
+
+        def run():
+            policy = load_policy(pi0, n_action_bins=self.cfg.n_action_bins)
+            policy.add_lora(LoraSettings(r=self.cfg.lora_rank, alpha=self.cfg.lora_alpha,
+                                         lm_head=self.cfg.lora_lm_head))
+            fisher = fisher_diagonal(policy, load_base_samples(kl_base))
+            save_fisher(fisher, path)
+            return {"path": str(path), "layers": len(fisher),
+                    "trace": float(sum(float(f.sum()) for f in fisher.values()))}
+
+        return Path(self.stages.run("fisher", run)["path"])
 
     def train(self, name: str, method: str, lr: float, pi0: str, kl_base: Path) -> str:
         from eval.kl import KLMonitor, load_base_samples
@@ -287,31 +423,48 @@ class Experiment:
         cfg = self.cfg
         run_dir = self.dir / "train" / name
 
+        batch_size = self.arms()[name].batch_size
+        # data stages first (they are stages of their own, shared by the arms that use them)
+        if method == "rft":
+            demo_dir = self.rft_data(pi0)
+        elif method in SFT_METHODS:
+            demo_dir = cfg.sft_demo_dir or self.demos(cfg.new_task, cfg.sft_demos, cfg.sft_expert)
+
         def run():
             monitor = KLMonitor.from_base(load_base_samples(kl_base), log_path=run_dir.parent / f"{name}_kl.jsonl")
-            every = cfg.checkpoint_every if method == "ppo" else (cfg.sft_checkpoint_every or cfg.checkpoint_every)
+            every = cfg.checkpoint_every if method in RL_METHODS else (cfg.sft_checkpoint_every or cfg.checkpoint_every)
             common = dict(model=pi0, n_action_bins=cfg.n_action_bins, lora_rank=cfg.lora_rank,
-                          lora_alpha=cfg.lora_alpha, unnorm_key=cfg.unnorm_key, learning_rate=lr, seed=cfg.seed,
+                          lora_alpha=cfg.lora_alpha, lora_lm_head=cfg.lora_lm_head, unnorm_key=cfg.unnorm_key,
+                          learning_rate=lr, warmup_updates=cfg.warmup_updates, seed=cfg.seed,
                           run_dir=str(run_dir), resume=(run_dir / "config.json").exists(),
                           checkpoint_every=every, keep_checkpoints=10_000, callback_every=every,
                           progress=cfg.progress, torch_threads=cfg.num_threads)
+            rl = dict(task=cfg.new_task, env_kwargs=self.env_options, total_updates=cfg.updates,
+                      env_in_process=cfg.ppo_env_in_process, **common)
             t0 = time.perf_counter()
             if method == "ppo":
                 from rollouts.ppo import PPOConfig, train
 
-                tcfg = PPOConfig(task=cfg.new_task, env_kwargs=self.env_options, num_envs=cfg.ppo_num_envs,
-                                 num_steps=cfg.ppo_num_steps, total_updates=cfg.updates, reward=cfg.ppo_reward,
-                                 num_minibatches=cfg.ppo_minibatches, update_epochs=cfg.ppo_epochs,
-                                 env_in_process=cfg.ppo_env_in_process, **common)
-                summary = train(tcfg, callbacks=[monitor.callback])
-            else:
-                from rollouts import sft
+                tcfg = PPOConfig(num_envs=batch_size, num_steps=cfg.ppo_num_steps, reward=cfg.ppo_reward,
+                                 num_minibatches=cfg.ppo_minibatches, update_epochs=cfg.ppo_epochs, **rl)
+            elif method == "reinforce":
+                from rollouts.reinforce import REINFORCEConfig, train
 
-                demo_dir = cfg.sft_demo_dir or self.demos(cfg.new_task, cfg.sft_demos)
-                tcfg = sft.SFTConfig(dataset=demo_dir, total_updates=cfg.sft_updates or cfg.updates,
-                                     batch_size=cfg.sft_batch_size, **common)
-                summary = sft.train(tcfg, callbacks=[monitor.callback])
-            return {"run_dir": str(run_dir), "method": method, "lr": lr, "wall_s": time.perf_counter() - t0,
+                tcfg = REINFORCEConfig(num_envs=batch_size, group_size=cfg.rl_trajectories_per_state,
+                                       reward="sparse", **rl)
+            elif method == "grpo":
+                from rollouts.grpo import GRPOConfig, train
+
+                tcfg = GRPOConfig(num_envs=batch_size, group_size=cfg.rl_trajectories_per_state, reward="sparse",
+                                  **rl)
+            else:
+                from rollouts.sft import SFTConfig, train
+
+                tcfg = SFTConfig(dataset=demo_dir, total_updates=cfg.sft_updates or cfg.updates, batch_size=batch_size,
+                                 kl_coef=cfg.sft_kl_coef if method == "sft+kl" else 0.0, **common)
+            summary = train(tcfg, callbacks=[monitor.callback])
+            return {"run_dir": str(run_dir), "method": method, "lr": lr, "batch_size": batch_size,
+                    "description": METHODS[method], "config": tcfg.to_dict(), "wall_s": time.perf_counter() - t0,
                     "summary": {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float))}}
 
         return self.stages.run(f"train_{name}", run)["run_dir"]
@@ -345,6 +498,32 @@ class Experiment:
 
             self.stages.run(f"eval_{name}_step{step:06d}", run)
 
+    def predict_checkpoints(self, name: str, pi0: str, run_dir: str, kl_base: Path, fisher: Path) -> None:
+        """Every checkpoint's predictors of eval/predictors.py -> evals/<run>/step_<n>/predictors.json."""
+        from eval.evaluate import load_policy
+        from eval.kl import load_base_samples
+        from eval.predictors import load_fisher, measure_predictors, visited_observations
+        from rollouts.checkpoint import list_checkpoints
+        from rollouts.constants import ADAPTER_DIR
+        from eval.stages import write_json_atomic
+
+        arm = self.arms()[name]
+        for ck in list_checkpoints(run_dir):
+            step = int(ck.name.split("_")[-1])
+            out = self.dir / "evals" / name / f"step_{step:06d}" / "predictors.json"
+
+            def run(ck=ck, step=step, out=out):
+                policy = load_policy(pi0, ck / ADAPTER_DIR, n_action_bins=self.cfg.n_action_bins)
+                visited = visited_observations(policy, self.cfg.new_task, self.cfg.kl_obs, seed=300_000 + step,
+                                               env_options=self.env_options, unnorm_key=self.cfg.unnorm_key)
+                values = measure_predictors(policy, load_base_samples(kl_base), load_fisher(fisher), visited,
+                                            self.cfg.kl_samples_per_obs, seed=self.cfg.seed)
+                write_json_atomic(out, {"run": name, "method": arm.method, "lr": arm.lr,
+                                        "batch_size": arm.batch_size, "step": step, "predictors": values})
+                return {"path": str(out), **{k: values[k] for k in ("weight_l2", "fisher_l2", "act_l2")}}
+
+            self.stages.run(f"predict_{name}_step{step:06d}", run)
+
     def report(self) -> Path:
         from eval.analysis import analyze
         from eval.report import write_report
@@ -369,9 +548,12 @@ class Experiment:
         pi0 = self.pi0()
         kl_base = self.kl_base_path(pi0)
         self.eval_base(pi0)
+        fisher = self.fisher(pi0, kl_base) if self.cfg.predictors else None
         for name, method, lr in self.runs():
             run_dir = self.train(name, method, lr, pi0, kl_base)
             self.eval_checkpoints(name, method, lr, pi0, run_dir, kl_base)
+            if fisher is not None:
+                self.predict_checkpoints(name, pi0, run_dir, kl_base, fisher)
         return self.report()
 
 
@@ -390,7 +572,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         new_task="metaworld/drawer-close", demos_per_task=30, pi0_new_task_demos=4, pi0_steps=1500,
         pi0_batch_size=64, pi0_lr=1e-3, ppo_lrs=(3e-4, 1e-3), sft_lrs=(1e-3, 3e-3), lora_rank=16, lora_alpha=16,
         updates=16, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150, ppo_minibatches=4, ppo_epochs=2,
-        ppo_reward="dense", sft_updates=400, sft_checkpoint_every=100, sft_demos=30, sft_batch_size=32,
+        ppo_reward="dense", sft_updates=400, sft_checkpoint_every=100, sft_demos=30, sft_batch_sizes=(32,),
         eval_episodes=16, eval_num_envs=10, videos_per_task=2, kl_obs=32, kl_samples_per_obs=2),
     # the real checkpoint on SimplerEnv Bridge tasks, one A100 (give --model <openvla-7b dir>)
     "openvla-7b": ExperimentConfig(
@@ -401,5 +583,5 @@ PRESETS: dict[str, ExperimentConfig] = {
         new_task="simpler/PutCarrotOnPlateInScene", methods=("ppo", "sft"), ppo_lrs=(1e-5, 3e-5),
         sft_lrs=(1e-5, 3e-5), lora_rank=32, lora_alpha=16, updates=60, checkpoint_every=15, ppo_num_envs=16,
         ppo_num_steps=60, ppo_minibatches=8, ppo_epochs=1, ppo_reward="sparse", eval_episodes=75, eval_num_envs=16,
-        videos_per_task=3, kl_obs=128, kl_samples_per_obs=2, sft_batch_size=16),
+        videos_per_task=3, kl_obs=128, kl_samples_per_obs=2, sft_batch_sizes=(16,)),
 }

@@ -14,6 +14,10 @@ next-token distribution over the n_bins action bins under teacher forcing):
                (consistent, higher variance when pi is far from pi0).
     tv         = E_x E_{a ~ pi0} [ mean_t TV( pi0(.|x, a_<t), pi(.|x, a_<t) ) ],  TV = 1/2 sum_bins |p0 - p|, in [0, 1]
     kl_forward_tok1 = E_x KL(pi0 || pi) of the first token only (no sampling involved).
+    dist_l2    = E_x E_{a ~ pi0} [ mean_t || pi0(.|x, a_<t) - pi(.|x, a_<t) ||_2 ]  (L2 distance of the bin
+               probabilities, RL's Razor's "distribution L2")
+    entropy_change = E_x E_{a ~ pi0} [ sum_t H(pi(.|x, a_<t)) - H(pi0(.|x, a_<t)) ]  (nats; negative: pi is
+               sharper than pi0 on new-task states, the diagnostic of KL grown by sharpening alone)
 
 Everything is in nats per action (7 tokens), averaged over observations and samples.
 
@@ -43,7 +47,7 @@ import numpy as np
 import torch
 
 METRIC_PREFIX = "eval/"
-METRICS = ("kl_forward", "kl_reverse", "kl_reverse_is", "tv", "kl_forward_tok1")
+METRICS = ("kl_forward", "kl_reverse", "kl_reverse_is", "tv", "kl_forward_tok1", "dist_l2", "entropy_change")
 
 
 # ------------------------------------------------------------------------------------------- pure functions
@@ -53,7 +57,8 @@ def token_divergences(logp0: torch.Tensor, logp: torch.Tensor) -> dict[str, torc
     """Exact per-token divergences between two categorical distributions given as log-probabilities.
 
     logp0, logp: [..., n_bins] log-softmax outputs of pi0 and pi at the same positions.
-    Returns {"kl_forward", "kl_reverse", "tv"}, each [...]: KL(p0||p), KL(p||p0), 1/2 sum |p0 - p|.
+    Returns {"kl_forward", "kl_reverse", "tv", "l2", "entropy_change"}, each [...]: KL(p0||p), KL(p||p0),
+    1/2 sum |p0 - p|, ||p0 - p||_2 and H(p) - H(p0).
     """
     logp0, logp = logp0.double(), logp.double()
     p0, p = logp0.exp(), logp.exp()
@@ -61,7 +66,10 @@ def token_divergences(logp0: torch.Tensor, logp: torch.Tensor) -> dict[str, torc
     fwd = torch.where(p0 > 0, p0 * (logp0 - logp), torch.zeros_like(p0)).sum(-1)
     rev = torch.where(p > 0, p * (logp - logp0), torch.zeros_like(p)).sum(-1)
     tv = 0.5 * (p0 - p).abs().sum(-1)
-    return {"kl_forward": fwd, "kl_reverse": rev, "tv": tv}
+    l2 = (p0 - p).pow(2).sum(-1).sqrt()
+    entropy = lambda q, logq: -torch.where(q > 0, q * logq, torch.zeros_like(q)).sum(-1)  # noqa: E731
+    return {"kl_forward": fwd, "kl_reverse": rev, "tv": tv, "l2": l2,
+            "entropy_change": entropy(p, logp) - entropy(p0, logp0)}
 
 
 def sequence_estimates(logp0: torch.Tensor, logp: torch.Tensor, tokens_bins: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,7 +77,8 @@ def sequence_estimates(logp0: torch.Tensor, logp: torch.Tensor, tokens_bins: tor
 
     logp0, logp: [N, T, n_bins] log-probs of pi0 and pi at each of the T action tokens (teacher forcing on the
     same sampled prefixes); tokens_bins: [N, T] the sampled bins (indices into n_bins).
-    Returns per-sample tensors [N] for kl_forward, kl_reverse, tv (mean over tokens), kl_forward_tok1, and the
+    Returns per-sample tensors [N] for kl_forward, kl_reverse, tv and dist_l2 (means over tokens),
+    entropy_change (summed over tokens), kl_forward_tok1, and the
     per-token importance weights' logs log_w [N, T] (log prod_{s<t} pi/pi0 of the sampled tokens).
     """
     div = token_divergences(logp0, logp)  # each [N, T]
@@ -80,6 +89,8 @@ def sequence_estimates(logp0: torch.Tensor, logp: torch.Tensor, tokens_bins: tor
         "kl_forward": div["kl_forward"].sum(1),
         "kl_reverse": div["kl_reverse"].sum(1),
         "tv": div["tv"].mean(1),
+        "dist_l2": div["l2"].mean(1),
+        "entropy_change": div["entropy_change"].sum(1),
         "kl_forward_tok1": div["kl_forward"][:, 0],
         "_rev_tok": div["kl_reverse"],
         "_log_w": log_w,
@@ -88,7 +99,8 @@ def sequence_estimates(logp0: torch.Tensor, logp: torch.Tensor, tokens_bins: tor
 
 def summarize(est: dict[str, torch.Tensor]) -> dict[str, float]:
     """Average per-sample estimates into the reported metrics (see the module docstring)."""
-    out = {k: float(est[k].mean()) for k in ("kl_forward", "kl_reverse", "tv", "kl_forward_tok1")}
+    out = {k: float(est[k].mean()) for k in ("kl_forward", "kl_reverse", "tv", "kl_forward_tok1", "dist_l2",
+                                              "entropy_change")}
     w = torch.softmax(est["_log_w"], dim=0)  # self-normalised importance weights per token position, [N, T]
     out["kl_reverse_is"] = float((w * est["_rev_tok"]).sum(0).sum())
     n = est["kl_forward"].numel()
@@ -227,23 +239,33 @@ def kl_divergences(policy, images: np.ndarray, instructions: Sequence[str], samp
 # ---------------------------------------------------------------------------------------- weight distance
 
 
-def lora_weight_distance(model: torch.nn.Module) -> float:
-    """L2 (Frobenius) norm of the weight change an adapter makes: sqrt(sum over LoRA layers of
-    ||scaling * B @ A||_F^2) over the active adapters of a PEFT model; 0.0 with no LoRA layers."""
-    total = 0.0
-    for module in model.modules():
-        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(lora_b, torch.nn.ModuleDict):
-            continue
-        for name in lora_a:
-            if name not in lora_b:
+def lora_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """{module name: module} of the layers of a PEFT model that carry LoRA adapters."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict) and len(m.lora_A)}
+
+
+def lora_deltas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The dense weight change each LoRA layer makes, {module name: scaling * B @ A} (float64, the shape of the
+    layer's weight; conv kernels flattened to [out, in * k * k]), summed over the layer's adapters."""
+    out = {}
+    for module_name, module in lora_modules(model).items():
+        for name in module.lora_A:
+            if name not in module.lora_B:
                 continue
-            a, b = lora_a[name].weight.detach().double(), lora_b[name].weight.detach().double()
+            a, b = module.lora_A[name].weight.detach().double(), module.lora_B[name].weight.detach().double()
             scale = float(module.scaling[name]) if hasattr(module, "scaling") else 1.0
             if a.dim() > 2:  # conv LoRA: flatten kernels
                 a, b = a.flatten(1), b.flatten(1)
-            total += float(((b @ a) * scale).pow(2).sum())
-    return math.sqrt(total)
+            delta = (b @ a) * scale
+            out[module_name] = out[module_name] + delta if module_name in out else delta
+    return out
+
+
+def lora_weight_distance(model: torch.nn.Module) -> float:
+    """L2 (Frobenius) norm of the weight change an adapter makes: sqrt(sum over LoRA layers of
+    ||scaling * B @ A||_F^2) over the active adapters of a PEFT model; 0.0 with no LoRA layers."""
+    return math.sqrt(sum(float(d.pow(2).sum()) for d in lora_deltas(model).values()))
 
 
 # ---------------------------------------------------------------------------------------- online monitor

@@ -58,9 +58,9 @@ class GRPOConfig(RLConfig):
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
-def group_seeds(cfg: GRPOConfig, update: int, rank: int, groups: int) -> list[int]:
+def group_seeds(cfg: RLConfig, update: int, rank: int, groups: int) -> list[int]:
     """Reset seeds of this rank's envs for `update`: flat env j starts from the seed of its group g = j % groups,
-    so the group_size members of a group share their initial state."""
+    so the group_size members of a group share their initial state (cfg: any RL config with a group_size)."""
     first = cfg.seed * 1_000_003 + update * (cfg.num_envs // cfg.group_size) + rank * groups
     return [first + j % groups for j in range(groups * cfg.group_size)]
 

@@ -1,7 +1,8 @@
 """REINFORCE with a normalized-reward baseline (the setting of the RL's Razor robotics experiment).
 
-Every update runs each env's first episode from a fresh seeded reset, takes R = the episode's return, and
-normalizes it over the whole batch (all ranks): A = (R - mean R) / (std R + eps). Every step of the episode
+Every update runs each env's first episode from a fresh seeded reset (group_size envs share each initial state,
+as the paper's 5 trajectories per initial state), takes R = the episode's return, and normalizes it over the
+whole batch (all ranks): A = (R - mean R) / (std R + eps). Every step of the episode
 gets A, and the loss is -A * log pi(a_t | s_t) with log pi the sum of the 7 action tokens' log-probs, averaged
 over the steps; one optimizer step per update (split into grad_accum_steps micro-batches), since the samples
 are on-policy only once. Optional entropy bonus and KL(pi0 || pi) penalty. No critic.
@@ -19,8 +20,9 @@ import torch
 
 import envs
 from rollouts.advantages import batch_normalized, episode_returns
-from rollouts.collect import collect, env_seeds, local_num_envs
-from rollouts.config import RLConfig
+from rollouts.collect import collect, local_num_envs
+from rollouts.config import RLConfig, check
+from rollouts.grpo import group_seeds
 from rollouts.constants import CHARTS, LOSSES
 from rollouts.ppo import kl_to_base
 from rollouts.run import Callback, Run
@@ -32,6 +34,9 @@ class REINFORCEConfig(RLConfig):
 
     num_envs: int = 32
     """Episodes per update over all ranks (one per env)."""
+    group_size: int = 1
+    """Episodes per initial state: envs j and j + num_envs / group_size start from the same reset seed (1: every
+    episode from its own initial state). The baseline stays the batch's normalization."""
     ent_coef: float = 0.0
     """Entropy bonus coefficient."""
     adv_eps: float = 1e-6
@@ -39,6 +44,8 @@ class REINFORCEConfig(RLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(self.group_size >= 1, f"group_size must be >= 1, got {self.group_size}")
+        check(self.num_envs % self.group_size == 0, f"num_envs={self.num_envs} must be a multiple of group_size={self.group_size}")
 
     def run_name(self) -> str:
         return f"reinforce_{super().run_name()}"
@@ -49,6 +56,7 @@ def train(cfg: REINFORCEConfig, callbacks: Sequence[Callback] = ()) -> dict[str,
     run = Run.start(cfg, callbacks=callbacks, desc="reinforce")
     policy, dist, device = run.policy, run.dist, run.dist.device
     n_local = local_num_envs(cfg.num_envs, dist.world_size)
+    check(n_local % cfg.group_size == 0, f"each of the {dist.world_size} processes needs whole groups of {cfg.group_size} envs")
     horizon = cfg.rollout_steps()
     vec = envs.make_vec(cfg.task, n_local, seed=cfg.seed, **cfg.vec_options())
     try:
@@ -56,7 +64,7 @@ def train(cfg: REINFORCEConfig, callbacks: Sequence[Callback] = ()) -> dict[str,
             t0 = time.perf_counter()
             policy.eval()
             rollout = collect(
-                policy, vec, horizon, env_seeds(cfg.seed, update, cfg.num_envs, dist.rank, n_local),
+                policy, vec, horizon, group_seeds(cfg, update, dist.rank, n_local // cfg.group_size),
                 temperature=cfg.temperature, unnorm_key=cfg.unnorm_key, reward=cfg.reward, with_values=False,
                 with_base=cfg.kl_coef > 0 or cfg.log_kl, stop_when_all_done=True,
             )  # fmt: skip

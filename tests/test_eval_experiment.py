@@ -12,7 +12,7 @@ from eval.stages import ExperimentMismatch
 HAS_SFT = importlib.util.find_spec("rollouts.sft") is not None
 
 MINI = dict(pi0_steps=3, pi0_batch_size=8, demos_per_task=2, pi0_new_task_demos=1, updates=2, checkpoint_every=1,
-            ppo_num_envs=2, ppo_num_steps=2, ppo_minibatches=1, ppo_epochs=1, sft_demos=2, sft_batch_size=4,
+            ppo_num_envs=2, ppo_num_steps=2, ppo_minibatches=1, ppo_epochs=1, sft_demos=2, sft_batch_sizes=(4,), rl_batch_sizes=(2,), rl_trajectories_per_state=2,
             eval_episodes=2, eval_num_envs=1, ppo_env_in_process=True, videos_per_task=1, kl_obs=2, kl_samples_per_obs=1, lora_rank=2)
 
 
@@ -55,6 +55,8 @@ def test_bad_experiment_configs(tmp_path):
         ExperimentConfig(prior_tasks=("toy/reach-side",), new_task="toy/reach-side")
     with pytest.raises(ValueError, match="unknown methods"):
         ExperimentConfig(methods=("dpo",))
+    with pytest.raises(ValueError, match="multiple of rl_trajectories_per_state"):
+        ExperimentConfig(rl_batch_sizes=(6,), rl_trajectories_per_state=4)
     with pytest.raises(KeyError, match="toy/reach-side"):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "a"), new_task="toy/reach-sid"), log=lambda s: None)
     with pytest.raises(ValueError, match="checkpoint"):
