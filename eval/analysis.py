@@ -3,10 +3,15 @@
 A *point* is one fine-tuned checkpoint of one run (method x learning rate x step), read from the `eval.json`
 records that eval/suite.py writes (see `EvalRecord` there). Its fields:
 
-    run, method, lr, step                       which checkpoint
-    kl_forward, kl_reverse, tv                  eval/kl.py's estimates on held-out new-task observations (nats / [0, 1])
+    run, method, lr, batch_size, step           which checkpoint
+    kl_forward, kl_reverse, kl_reverse_is, tv,  eval/kl.py's estimates on held-out new-task observations (nats /
+    dist_l2, entropy_change                     [0, 1] / nats)
     l2_weight                                   L2 norm of (fine-tuned - base) weights, i.e. of the merged LoRA delta
+    weight_l1, spectral_norm, fisher_l2,        eval/predictors.py's (from predictors.json next to eval.json)
+    act_l1, act_l2, kl_forward_visited
     new_success, prior_success, forgetting      new-task success, mean prior-task success, mean forgetting
+    forgetting_se                               its standard error from the paired episodes (eval/study.py)
+    episodes                                    {task: per-episode success} (for the bootstrap; not in the CSV)
 
 The fits are least squares polynomials forgetting = c0 + c1 x (+ c2 x^2) with the coefficient of determination
 R^2 = 1 - SS_res / SS_tot. The quadratic in forward KL is the form reported by RL's Razor (arXiv 2509.04259);
@@ -24,12 +29,28 @@ from pathlib import Path
 
 import numpy as np
 
-PREDICTORS = ("kl_forward", "kl_reverse", "tv", "l2_weight")
+from eval.study import forgetting_se
+
+PREDICTORS = ("kl_forward", "kl_reverse", "kl_reverse_is", "tv", "dist_l2", "weight_l1", "l2_weight", "fisher_l2",
+              "spectral_norm", "act_l1", "act_l2", "entropy_change", "kl_forward_visited")
 PREDICTOR_LABELS = {
     "kl_forward": "forward KL(pi0 || pi) [nats]",
-    "kl_reverse": "reverse KL(pi || pi0) [nats]",
+    "kl_reverse": "reverse KL(pi || pi0), per token [nats]",
+    "kl_reverse_is": "reverse KL(pi || pi0), joint (importance-weighted) [nats]",
     "tv": "total variation (mean per token)",
-    "l2_weight": "L2 distance of weights from base",
+    "dist_l2": "distribution L2 (mean per token)",
+    "weight_l1": "weight change L1",
+    "l2_weight": "weight change L2",
+    "fisher_l2": "Fisher-weighted weight change L2",
+    "spectral_norm": "spectral norm of the weight change (max over layers)",
+    "act_l1": "activation change L1 (new-task inputs)",
+    "act_l2": "activation change L2 (new-task inputs)",
+    "entropy_change": "action entropy change on new-task states [nats]",
+    "kl_forward_visited": "forward KL on states pi visits [nats]",
+}
+PAPER_TABLE1 = {  # RL's Razor (arXiv 2509.04259), Table 1: quadratic R^2 on ParityMNIST
+    "kl_forward": 0.96, "kl_reverse": 0.93, "tv": 0.80, "dist_l2": 0.56, "weight_l1": 0.34, "fisher_l2": 0.58,
+    "spectral_norm": 0.58, "act_l1": 0.52, "act_l2": 0.55,
 }
 BASE_METHOD = "base"
 
@@ -47,8 +68,22 @@ class Point:
     forgetting: float
     kl_forward: float = float("nan")
     kl_reverse: float = float("nan")
+    kl_reverse_is: float = float("nan")
     tv: float = float("nan")
+    dist_l2: float = float("nan")
+    entropy_change: float = float("nan")
     l2_weight: float = float("nan")
+    weight_l1: float = float("nan")
+    spectral_norm: float = float("nan")
+    fisher_l2: float = float("nan")
+    act_l1: float = float("nan")
+    act_l2: float = float("nan")
+    kl_forward_visited: float = float("nan")
+    batch_size: int = 0
+    forgetting_se: float = float("nan")
+    new_task: str | None = None
+    prior_tasks: list = field(default_factory=list)
+    episodes: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -61,6 +96,7 @@ class Point:
         prior_success = cmp_.get("prior_success", float(np.mean([tasks[t]["rate"] for t in prior])) if prior else math.nan)
         new_task = rec.get("new_task")
         new_success = tasks[new_task]["rate"] if new_task and new_task in tasks else math.nan
+        base = rec.get("method") == BASE_METHOD
         return cls(
             run=rec.get("run", ""),
             method=rec.get("method", ""),
@@ -68,22 +104,43 @@ class Point:
             step=int(rec.get("step", 0)),
             new_success=new_success,
             prior_success=prior_success,
-            forgetting=cmp_.get("avg_forgetting", 0.0 if rec.get("method") == BASE_METHOD else math.nan),
-            kl_forward=kl.get("kl_forward", math.nan),
-            kl_reverse=kl.get("kl_reverse", math.nan),
-            tv=kl.get("tv", math.nan),
+            forgetting=cmp_.get("avg_forgetting", 0.0 if base else math.nan),
+            **{k: kl.get(k, 0.0 if base else math.nan) for k in
+               ("kl_forward", "kl_reverse", "kl_reverse_is", "tv", "dist_l2", "entropy_change")},
             l2_weight=rec.get("l2_weight", math.nan) if rec.get("l2_weight") is not None else math.nan,
+            new_task=new_task,
+            prior_tasks=list(prior),
+            episodes={t: [int(x) for x in r["episode_success"]] for t, r in tasks.items() if "episode_success" in r},
         )
 
+    def add_predictors(self, rec: dict) -> None:
+        """Fill in the fields of a predictors.json record (eval/experiment.py's predict stage)."""
+        self.batch_size = int(rec.get("batch_size", 0))
+        for k, v in rec["predictors"].items():
+            if k in ("weight_l1", "spectral_norm", "fisher_l2", "act_l1", "act_l2", "kl_forward_visited"):
+                setattr(self, k, float(v))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("episodes")  # large; in the eval records
+        return d
 
 
 def collect_points(exp_dir: str | Path, pattern: str = "**/eval.json") -> list[Point]:
-    """Read every eval record under `exp_dir` (recursively), sorted by (method, lr, run, step)."""
+    """Read every eval record under `exp_dir` (recursively) with its predictors.json when there is one,
+    sorted by (method, lr, run, step); each point's forgetting_se from its paired episodes."""
     paths = sorted(Path(exp_dir).glob(pattern))
-    points = [Point.from_record(json.loads(p.read_text())) for p in paths]
-    return sorted(points, key=lambda p: (p.method, _nan_last(p.lr), p.run, p.step))
+    points = []
+    for path in paths:
+        point = Point.from_record(json.loads(path.read_text()))
+        if (path.parent / "predictors.json").exists():
+            point.add_predictors(json.loads((path.parent / "predictors.json").read_text()))
+        points.append(point)
+    base = next((p for p in points if p.method == BASE_METHOD and p.episodes), None)
+    for p in points:
+        if base is not None and p.method != BASE_METHOD:
+            p.forgetting_se = forgetting_se(base.episodes, p.episodes, p.prior_tasks)
+    return sorted(points, key=lambda p: (p.method, _nan_last(p.lr), p.run, p.batch_size, p.step))
 
 
 def _nan_last(x: float) -> float:
@@ -231,8 +288,12 @@ def plot_forgetting_vs_predictors(points: list[Point], fits: dict[str, dict[str,
     plt = _plt()
     methods = sorted({p.method for p in points})
     colors = _colors(methods)
-    fig, axes = plt.subplots(1, len(predictors), figsize=(4.2 * len(predictors), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], predictors):
+    ncols = min(4, len(predictors))
+    nrows = -(-len(predictors) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(predictors):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, predictors):
         for m in methods:
             pts = [p for p in points if p.method == m]
             ax.scatter([getattr(p, name) for p in pts], [p.forgetting for p in pts], s=28, color=colors[m],
@@ -252,9 +313,10 @@ def plot_forgetting_vs_predictors(points: list[Point], fits: dict[str, dict[str,
     return _save(fig, path)
 
 
-def plot_pareto(points: list[Point], path: str | Path) -> Path:
+def plot_pareto(points: list[Point], path: str | Path, near_frontier: set[tuple[str, int]] | None = None) -> Path:
     """New-task success (x) vs mean prior-task success (y) per checkpoint, coloured by method, with each
-    method's Pareto frontier (points not dominated on both axes) as a line."""
+    method's Pareto frontier (points not dominated on both axes) as a line; checkpoints in `near_frontier`
+    ({(run, step)}: the within-2-points filter) are ringed."""
     plt = _plt()
     methods = sorted({p.method for p in points})
     colors = _colors(methods)
@@ -266,6 +328,10 @@ def plot_pareto(points: list[Point], path: str | Path) -> Path:
         front = pareto_front([(p.new_success, p.prior_success) for p in pts])
         if len(front) > 1:
             ax.plot(*zip(*front), color=colors[m], lw=1)
+    if near_frontier:
+        kept = [p for p in points if (p.run, p.step) in near_frontier]
+        ax.scatter([p.new_success for p in kept], [p.prior_success for p in kept], s=90, facecolors="none",
+                   edgecolors="black", lw=0.8, label="within 2 points of the frontier")
     ax.set_xlabel("new-task success")
     ax.set_ylabel("prior-task success (mean)")
     ax.set_xlim(-0.03, 1.03)
@@ -328,9 +394,13 @@ def plot_training_curves(metric_files: dict[str, Path], path: str | Path,
     return _save(fig, path)
 
 
-def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list[Point] | None = None) -> dict:
-    """Collect points under `exp_dir`, fit, plot; writes analysis.json, points.csv and the PNGs into `out_dir`
-    (default exp_dir/analysis) and returns the analysis dict (paths relative to out_dir)."""
+def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list[Point] | None = None,
+            n_boot: int = 1000, seed: int = 0) -> dict:
+    """Collect points under `exp_dir`, fit, bootstrap, plot; writes analysis.json, points.csv and the PNGs into
+    `out_dir` (default exp_dir/analysis) and returns the analysis dict (paths relative to out_dir). `study`
+    holds eval/study.py's R^2 tables (all checkpoints and the Pareto-filtered ones) and the verdicts."""
+    from eval import study
+
     exp_dir = Path(exp_dir)
     out = Path(out_dir) if out_dir else exp_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
@@ -338,10 +408,33 @@ def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list
     if not points:
         raise FileNotFoundError(f"no eval.json records under {exp_dir}: evaluate some checkpoints first")
     fits = fit_predictors(points)
+    tuned = [p for p in points if p.method != BASE_METHOD]
+    predictors = [k for k in PREDICTORS if any(math.isfinite(getattr(p, k)) for p in tuned)]
+    result_study: dict = {"n_boot": n_boot, "predictors": predictors}
+    near: set[tuple[str, int]] = set()
+    if tuned:
+        keep = study.frontier_filter([p.new_success for p in tuned], [p.prior_success for p in tuned])
+        near = {(p.run, p.step) for p, k in zip(tuned, keep) if k}
+        for subset, pts in (("all", tuned), ("frontier", [p for p, k in zip(tuned, keep) if k])):
+            sample = study.Sample.from_points(points if subset == "all" else pts + [p for p in points if p.method == BASE_METHOD], predictors)
+            forg = np.array([p.forgetting for p in pts])
+            table = study.r2_table(sample, forg, predictors, n_boot=n_boot, seed=seed)
+            result_study[f"r2_{subset}"] = {k: {f: e.to_dict() for f, e in v.items()} for k, v in table.items()}
+            result_study[f"n_{subset}"] = len(pts)
+        sample = study.Sample.from_points(points, predictors)
+        result_study["verdicts"] = study.verdicts(sample, np.array([p.forgetting for p in tuned]),
+                                                  np.array([p.new_success for p in tuned]), predictors,
+                                                  n_boot=n_boot, seed=seed)
+        result_study["sentences"] = study.verdict_sentences(result_study["verdicts"],
+                                                            label=lambda k: PREDICTOR_LABELS.get(k, k))
+        se = [p.forgetting_se for p in tuned if math.isfinite(p.forgetting_se)]
+        result_study["forgetting_se_mean"] = float(np.mean(se)) if se else math.nan
+        result_study["forgetting_se_max"] = float(np.max(se)) if se else math.nan
     plots = {
         "forgetting_vs_kl": plot_forgetting_vs_predictors(points, fits, out / "forgetting_vs_kl.png", ("kl_forward",)).name,
-        "forgetting_vs_predictors": plot_forgetting_vs_predictors(points, fits, out / "forgetting_vs_predictors.png").name,
-        "pareto": plot_pareto(points, out / "pareto.png").name,
+        "forgetting_vs_predictors": plot_forgetting_vs_predictors(points, fits, out / "forgetting_vs_predictors.png",
+                                                                  [k for k in PREDICTORS if k in predictors] or PREDICTORS[:1]).name,
+        "pareto": plot_pareto(points, out / "pareto.png", near).name,
         "learning_curves": plot_learning_curves(points, out / "learning_curves.png").name,
     }
     metric_files = {p.parent.name: p for p in sorted(Path(exp_dir).parent.glob("train/*/metrics.jsonl"))}
@@ -351,10 +444,11 @@ def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list
     methods = sorted({p.method for p in points} - {BASE_METHOD})
     matched = {f"{a}_vs_{b}": matched_comparison(points, a, b) for i, a in enumerate(methods) for b in methods[i + 1:]}
     result = {
-        "points": [p.to_dict() for p in points],
+        "points": [dict(p.to_dict(), near_frontier=(p.run, p.step) in near) for p in points],
         "fits": fits_to_dict(fits),
         "methods": method_summary(points),
         "matched": matched,
+        "study": result_study,
         "plots": plots,
     }
     (out / "analysis.json").write_text(json.dumps(result, indent=2, default=_json_default))
@@ -365,7 +459,8 @@ def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list
 def write_points_csv(points: list[Point], path: str | Path) -> Path:
     import csv
 
-    cols = ["run", "method", "lr", "step", "new_success", "prior_success", "forgetting", *PREDICTORS]
+    cols = ["run", "method", "lr", "batch_size", "step", "new_success", "prior_success", "forgetting", "forgetting_se",
+            *PREDICTORS]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)

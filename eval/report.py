@@ -12,7 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from eval.analysis import BASE_METHOD, PREDICTOR_LABELS, analyze
+from eval.analysis import BASE_METHOD, PAPER_TABLE1, PREDICTOR_LABELS, analyze
+from eval.study import FITS, Estimate
 
 
 def _f(x, digits: int = 3) -> str:
@@ -29,6 +30,14 @@ def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _ci(value, se) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return _f(value)
+    return f"{value:.3f} [{value - 1.96 * se:.3f}, {value + 1.96 * se:.3f}]"
 
 
 def _why(fit: dict) -> str:
@@ -49,6 +58,29 @@ def task_table(record: dict) -> str:
     return _table(["task", "role", "successes", "success", "Wilson 95% CI", "mean ep. len"], rows)
 
 
+def r2_table_md(study: dict, subset: str = "all") -> str:
+    """The predictor table: R^2 of each fit with its 95% bootstrap interval, beside RL's Razor's Table 1."""
+    table = study.get(f"r2_{subset}") or {}
+    rows = [[f"{PREDICTOR_LABELS.get(k, k)} (`{k}`)"] + [Estimate(**v[f]).text() for f in FITS]
+            + [PAPER_TABLE1.get(k)] for k, v in table.items()]
+    return _table(["predictor", "linear R² [95% CI]", "quadratic R² [95% CI]", "exponential R² [95% CI]",
+                   "paper, quadratic (ParityMNIST)"], rows)
+
+
+def arms_md(exp_dir: Path) -> str:
+    """Every fine-tuning arm's settings, from its train stage record (eval/experiment.py)."""
+    rows = []
+    for rec in sorted((exp_dir / "stages").glob("train_*.json")):
+        r = json.loads(rec.read_text())["result"]
+        c = r.get("config") or {}
+        keys = ("learning_rate", "warmup_updates", "max_grad_norm", "total_updates", "reward", "num_envs",
+                "group_size", "kl_coef", "batch_size", "dataset", "lora_rank", "lora_alpha", "lora_lm_head",
+                "update_epochs", "num_minibatches", "num_steps")
+        settings = ", ".join(f"{k}={Path(str(c[k])).name if k == 'dataset' else c[k]}" for k in keys if k in c)
+        rows.append([rec.stem[len("train_"):], r.get("method"), r.get("description", ""), settings])
+    return _table(["run", "method", "what it is", "settings"], rows) if rows else "(no training runs yet)"
+
+
 def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str | None = None,
                  config: dict | None = None, timings: dict | None = None) -> Path:
     """Write exp_dir/report.md and return its path. `config` (the experiment config) and `timings`
@@ -61,7 +93,13 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
     if timings is None and (exp_dir / "timings.json").exists():
         timings = json.loads((exp_dir / "timings.json").read_text())
     points = analysis["points"]
+    study = analysis.get("study") or {}
     md: list[str] = [f"# {title or 'Experiment report: ' + exp_dir.name}", ""]
+    if study.get("sentences"):
+        md += ["## Verdict", "", *[f"{i + 1}. {line}" for i, line in enumerate(study["sentences"])], "",
+               f"Intervals: 95% bootstrap ({study['n_boot']} replicates resampling checkpoints, and episodes within "
+               "each success rate with the seeds kept paired; eval/study.py). Standard error of a checkpoint's "
+               f"forgetting: mean {_f(study.get('forgetting_se_mean'))}, max {_f(study.get('forgetting_se_max'))}.", ""]
 
     if config:
         md += ["## Set-up", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
@@ -105,6 +143,13 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
     if "training_curves" in plots:
         md += [f"![training curves]({adir}/{plots['training_curves']})", ""]
 
+    if study.get("r2_all"):
+        md += ["## Predictors of forgetting (RL's Razor's Table 1)", "",
+               f"All {study['n_all']} fine-tuned checkpoints:", "", r2_table_md(study, "all"), "",
+               f"The {study['n_frontier']} checkpoints within 2 points of the Pareto frontier (new-task vs prior-task "
+               "success over all methods):", "", r2_table_md(study, "frontier"), ""]
+    md += ["## Arms", "", arms_md(exp_dir), ""]
+
     md += ["## Fits (forgetting = c0 + c1 x [+ c2 x²])", ""]
     rows = []
     for name, kinds in fits.items():
@@ -119,10 +164,14 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
         [[r["method"], r["checkpoints"], r["best_new_success"], r["forgetting_at_best"], r["prior_success_at_best"],
           r["mean_forgetting"], r["mean_kl_forward"]] for r in analysis["methods"]]), ""]
 
-    md += ["## Checkpoints", "", _table(
-        ["run", "method", "lr", "step", "new success", "prior success", "forgetting", "KL fwd", "KL rev", "TV", "L2 w"],
-        [[p["run"], p["method"], p["lr"], p["step"], p["new_success"], p["prior_success"], p["forgetting"],
-          p["kl_forward"], p["kl_reverse"], p["tv"], p["l2_weight"]] for p in points]), ""]
+    md += ["## Checkpoints", "", "Forgetting with its 95% interval (±1.96 SE of the paired episode differences); "
+           "`*`: within 2 points of the Pareto frontier.", "", _table(
+        ["run", "method", "lr", "batch", "step", "new success", "prior success", "forgetting [95% CI]", "KL fwd",
+         "KL rev", "TV", "L2 w", "Fisher L2", "act L2", "entropy Δ", "KL fwd (visited)"],
+        [[p["run"] + ("*" if p.get("near_frontier") else ""), p["method"], p["lr"], p.get("batch_size"), p["step"],
+          p["new_success"], p["prior_success"], _ci(p["forgetting"], p.get("forgetting_se")), p["kl_forward"],
+          p["kl_reverse"], p["tv"], p["l2_weight"], p.get("fisher_l2"), p.get("act_l2"), p.get("entropy_change"),
+          p.get("kl_forward_visited")] for p in points]), ""]
 
     base_records = sorted(exp_dir.glob("**/eval.json"))
     base = next((json.loads(p.read_text()) for p in base_records if json.loads(p.read_text()).get("method") == BASE_METHOD), None)
