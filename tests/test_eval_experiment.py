@@ -106,3 +106,42 @@ def test_adapter_that_does_not_fit_the_base_is_a_clear_error(tmp_path):
     pol.save_adapters(tmp_path / "adapter")
     with pytest.raises(ValueError, match="does not fit base model small"):
         load_policy("small", tmp_path / "adapter")
+
+
+def test_parity_preset_in_miniature_produces_every_artifact(tmp_path):
+    import dataclasses
+
+    from eval.experiment import PRESETS
+
+    cfg = dataclasses.replace(
+        PRESETS["parity"], preset="parity-mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+        demos_per_task=4, pi0_new_task_demos=2, pi0_steps=3, pi0_batch_size=8, reinforce_lrs=(1e-3,), grpo_lrs=(1e-3,),
+        sft_lrs=(1e-3,), rft_lrs=(1e-3,), rl_batch_sizes=(4,), rl_trajectories_per_state=2, sft_batch_sizes=(2, 4),
+        updates=2, checkpoint_every=1, sft_updates=2, sft_checkpoint_every=1, sft_demos=4, rft_episodes=8,
+        eval_episodes=6, kl_obs=2, kl_samples_per_obs=1, lora_rank=2)
+    report = Experiment(cfg, log=lambda s: None).run_all()
+    run = tmp_path / "run"
+    names = ["reinforce_lr0.001", "grpo_lr0.001", "sft_lr0.001_b2", "sft_lr0.001_b4", "sft+kl_lr0.001_b2",
+             "sft+kl_lr0.001_b4", "rft_lr0.001_b2", "rft_lr0.001_b4"]
+    for name in names:
+        for step in (1, 2):
+            step_dir = run / "evals" / name / f"step_{step:06d}"
+            predictors = json.loads((step_dir / "predictors.json").read_text())["predictors"]
+            assert (step_dir / "eval.json").exists() and predictors["fisher_l2"] >= 0
+            assert predictors["kl_forward_visited"] >= 0 and predictors["act_l2"] >= 0
+    # the arms are what they say: binary reward and groups for the RL arms, KL for sft+kl, pi0's own data for rft
+    train = {n: json.loads((run / "stages" / f"train_{n}.json").read_text())["result"]["config"] for n in names}
+    assert train["reinforce_lr0.001"]["reward"] == "sparse" and train["reinforce_lr0.001"]["group_size"] == 2
+    assert train["reinforce_lr0.001"]["kl_coef"] == 0 and train["grpo_lr0.001"]["reward"] == "sparse"
+    assert train["sft+kl_lr0.001_b2"]["kl_coef"] == 0.1 and train["sft_lr0.001_b2"]["kl_coef"] == 0
+    assert train["rft_lr0.001_b2"]["dataset"] == str(run / "rft_data")
+    assert train["sft_lr0.001_b4"]["dataset"].endswith("ParityOneSolutionExpert")
+    assert (run / "fisher.safetensors").exists()
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert len(analysis["study"]["sentences"]) == 3
+    assert set(analysis["study"]["r2_all"]) >= {"kl_forward", "fisher_l2", "act_l1", "kl_forward_visited"}
+    text = report.read_text()
+    assert text.index("## Verdict") < text.index("## Set-up")
+    for heading in ("Predictors of forgetting", "within 2 points of the Pareto frontier", "## Arms",
+                    "exponential R² [95% CI]", "forgetting [95% CI]"):
+        assert heading in text, heading
