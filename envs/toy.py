@@ -26,7 +26,9 @@ toy/reach-side (up to `horizon` steps, default 6)
 
 toy/parity (1 step per episode): the known-answer task of the `parity` experiment preset (RL's Razor's
     ParityMNIST analogue: many equally good actions)
-    Task: the same images as color-side; the marker's side sets a parity (left: even, right: odd).
+    Task: the same images as color-side; the marker's side and its colour (named in the instruction) set a
+    parity: even for a red or green marker on the left or a blue or yellow one on the right, else odd (an XOR of
+    what the image shows and what the instruction says, so that a few demonstrations leave it partly learned).
     Instruction: "pick a step of the <colour> marker's parity".
     Success: dy falls in one of the `cells` (default 8) equal cells of [-1, 1] whose index (0 = the cell at -1)
     has that parity: half of all dy values, spread over the whole range, solve it. With a 9-bin action tokenizer
@@ -181,8 +183,8 @@ class ToyParityEnv(ToySideEnv):
         self.cells = int(cells)
 
     def parity(self) -> int:
-        """The parity a solving cell must have: 0 (even) with the marker on the left, 1 on the right."""
-        return 0 if self._marker > 0 else 1
+        """The parity a solving cell must have: (marker on the right) XOR (blue or yellow marker)."""
+        return int(self._marker < 0) ^ int(self._color in ("blue", "yellow"))
 
     def cell(self, dy: float) -> int:
         """Index of the cell of [-1, 1] that dy falls in (0 = the cell at -1; dy = 1 belongs to the last cell)."""

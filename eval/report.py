@@ -62,7 +62,7 @@ def r2_table_md(study: dict, subset: str = "all") -> str:
     """The predictor table: R^2 of each fit with its 95% bootstrap interval, beside RL's Razor's Table 1."""
     table = study.get(f"r2_{subset}") or {}
     rows = [[f"{PREDICTOR_LABELS.get(k, k)} (`{k}`)"] + [Estimate(**v[f]).text() for f in FITS]
-            + [PAPER_TABLE1.get(k)] for k, v in table.items()]
+            + [f"{PAPER_TABLE1[k]:.2f}" if k in PAPER_TABLE1 else None] for k, v in table.items()]
     return _table(["predictor", "linear R² [95% CI]", "quadratic R² [95% CI]", "exponential R² [95% CI]",
                    "paper, quadratic (ParityMNIST)"], rows)
 

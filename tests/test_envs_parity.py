@@ -29,7 +29,7 @@ def test_every_cell_of_the_right_parity_succeeds_and_no_other():
 
 
 def test_experts_random_valid_cell_vs_one_solution(tmp_path):
-    many = generate_demos("toy/parity", 40, tmp_path / "many", log=lambda s: None)
+    many = generate_demos("toy/parity", 100, tmp_path / "many", log=lambda s: None)
     one = generate_demos("toy/parity", 40, tmp_path / "one", expert=ParityOneSolutionExpert(), log=lambda s: None)
     assert many.meta["expert_success_rate"] == 1.0 and one.meta["expert_success_rate"] == 1.0
     dys_many = {round(float(ep["actions"][0, 1]), 3) for ep in many}
