@@ -1,7 +1,9 @@
-"""The whole RL's Razor experiment: pi0, PPO and SFT sweeps on a new task, evaluations, KL, report.
+"""The whole RL's Razor experiment: pi0, RL and SFT sweeps on a new task, evaluations, predictors, report.
 
     python -m scripts.razor quick                       # the pipeline on toy tasks (minutes)
+    python -m scripts.razor parity                      # the known-answer experiment on toy/parity (about an hour)
     python -m scripts.razor cpu                         # the main CPU job (tiny VLA, Meta-World)
+    python -m scripts.razor cpu-full                    # the powered study (every method, hours)
     python -m scripts.razor openvla-7b --model /data/openvla-7b      # one A100
     python -m scripts.razor cpu --updates 8 --run-dir runs/mine       # any field can be overridden
 
