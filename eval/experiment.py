@@ -225,7 +225,8 @@ class Experiment:
         path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}_n{n}_s{self.cfg.seed}"
 
         def run():
-            ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options, log=lambda s: None)
+            ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options,
+                                log=self.log if self.cfg.progress else lambda s: None)
             return {"path": str(path), "episodes": len(ds), "steps": ds.num_steps,
                     "expert_success_rate": ds.meta["expert_success_rate"]}
 
