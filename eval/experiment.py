@@ -489,3 +489,33 @@ def run_stage(run_dir: str, name: str, threads: int = 1, log_path: str | None = 
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved_fds[0], 1), os.dup2(saved_fds[1], 2)
             os.close(saved_fds[0]), os.close(saved_fds[1])
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, ExperimentConfig] = {
+    # the pipeline on the toy tasks in a few minutes: for tests and a first look (not a measurement)
+    "quick": ExperimentConfig(preset="quick", run_dir="runs/razor-quick", ppo_env_in_process=True, eval_num_envs=1),
+    # the main CPU job: tiny VLA, Meta-World at 64 px, pi0 by behaviour cloning on 3 prior skills plus a few demos
+    # of the new task (partial new-task success). PPO collects whole episodes per update (num_steps = the new
+    # task's 150-step horizon); SFT's learning rates are higher than PPO's, as in the paper's sweeps, so that its
+    # checkpoints span a range of KL. Measured wall time on the 2-core machine: see the README.
+    "cpu": ExperimentConfig(
+        preset="cpu", run_dir="runs/razor-cpu", model="tiny", image_size=64,
+        prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
+        new_task="metaworld/drawer-close", demos_per_task=30, pi0_new_task_demos=4, pi0_steps=1500,
+        pi0_batch_size=64, pi0_lr=1e-3, ppo_lrs=(3e-4, 1e-3), sft_lrs=(1e-3, 3e-3), lora_rank=16, lora_alpha=16,
+        updates=16, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150, ppo_minibatches=4, ppo_epochs=2,
+        ppo_reward="dense", sft_updates=400, sft_checkpoint_every=100, sft_demos=30, sft_batch_size=32,
+        eval_episodes=16, eval_num_envs=10, videos_per_task=2, kl_obs=32, kl_samples_per_obs=2),
+    # the real checkpoint on SimplerEnv Bridge tasks, one A100 (give --model <openvla-7b dir>)
+    "openvla-7b": ExperimentConfig(
+        preset="openvla-7b", run_dir="runs/razor-openvla-7b", model="openvla-7b", image_size=224,
+        unnorm_key="bridge_orig",
+        prior_tasks=("simpler/PutSpoonOnTableClothInScene", "simpler/StackGreenCubeOnYellowCubeBakedTexInScene",
+                     "simpler/PutEggplantInBasketScene"),
+        new_task="simpler/PutCarrotOnPlateInScene", methods=("ppo", "sft"), ppo_lrs=(1e-5, 3e-5),
+        sft_lrs=(1e-5, 3e-5), lora_rank=32, lora_alpha=16, updates=60, checkpoint_every=15, ppo_num_envs=16,
+        ppo_num_steps=60, ppo_minibatches=8, ppo_epochs=1, ppo_reward="sparse", eval_episodes=75, eval_num_envs=16,
+        videos_per_task=3, kl_obs=128, kl_samples_per_obs=2, sft_batch_size=16, stage_gpus=1.0),
+}

@@ -92,3 +92,21 @@ def test_graph_waits_for_files_and_catches_a_producer_that_never_writes(tmp_path
         run_graph([stages[1]], runner)
     run_graph(stages, runner)  # in one process: list order
     assert order == ["make", "use"]
+
+
+def test_cli_ray_flag_and_workers_parse():
+    import tyro
+
+    from eval.experiment import PRESETS
+    from scripts.razor import _ray_address_optional
+
+    presets = {name: (name, cfg) for name, cfg in PRESETS.items()}
+
+    def parse(*args):
+        return tyro.extras.overridable_config_cli(presets, args=_ray_address_optional(list(args)), prog="razor")
+
+    assert (parse("cpu", "--ray").ray, parse("cpu", "--ray", "--workers", "3").workers) == ("local", 3)
+    assert parse("cpu", "--ray", "head:6379").ray == "head:6379" and parse("cpu").ray is None
+    assert parse("openvla-7b").stage_gpus == 1.0 and parse("cpu", "--workers", "2").workers == 2
+    with pytest.raises(ValueError, match="workers"):
+        ExperimentConfig(workers=0)
