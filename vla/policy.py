@@ -236,7 +236,7 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature} (use do_sample=False for greedy)")
         stats = self.action_stats(unnorm_key) if unnorm_key is not None else None
         _check_finite(batch)
-        hidden, state = self.vla.prefill(batch.pixel_values, batch.input_ids, batch.attention_mask)
+        hidden, state = self.vla.prefill(batch.pixel_values, batch.input_ids, batch.attention_mask, ACTION_DIM - 1)
         values = self.value_head(hidden)
         bins, log_probs = [], []
         for step in range(ACTION_DIM):
