@@ -244,12 +244,21 @@ class OpenVLA(nn.Module):
         """Vocabulary id of action bin 0 (the highest action value): base_vocab_size - n_action_bins."""
         return self.config.base_vocab_size - self.config.n_action_bins
 
+    def patch_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images [B, 6, S, S] -> projected patch embeddings [B, P, D] (the LM's input for the image)."""
+        return self.projector(self.vision_backbone(pixel_values))
+
     def embed_multimodal(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
     ) -> MultimodalInputs:
         """Embed prompts [B, L] and images [B, 6, S, S], inserting the P patch embeddings after each row's BOS.
 
-        BOS is the first attended token of a row, so left-padded rows keep their padding in front.
+        BOS is the first attended token of a row, so left-padded rows keep their padding in front. `patches`
+        [B, P, D]: the images' `patch_embeddings` computed before, used instead of `pixel_values`.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -257,7 +266,10 @@ class OpenVLA(nn.Module):
             raise ValueError(
                 f"{pixel_values.shape[0]} images but {input_ids.shape[0]} prompts; pass one image per prompt"
             )
-        patches = self.projector(self.vision_backbone(pixel_values))  # [B, P, D]
+        if patches is None:
+            patches = self.patch_embeddings(pixel_values)  # [B, P, D]
+        elif patches.shape[:2] != (input_ids.shape[0], self.num_patches):
+            raise ValueError(f"patches must be [{input_ids.shape[0]}, {self.num_patches}, D], got {list(patches.shape)}")
         tokens = self.language_model.get_input_embeddings()(input_ids)  # [B, L, D]
         batch, length = input_ids.shape
         n_patches = patches.shape[1]
@@ -345,12 +357,14 @@ class OpenVLA(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         action_tokens: torch.Tensor,
+        patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced hidden states [B, A, D] that predict each of the A action tokens [B, A]:
-        the last prompt token's, then those of action tokens 1..A-1. Prompts must be left-padded."""
+        the last prompt token's, then those of action tokens 1..A-1. Prompts must be left-padded.
+        `patches`: precomputed `patch_embeddings(pixel_values)` [B, P, D], if any."""
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("prompts must be left-padded (every row's last token attended); use VLAPolicy.preprocess")
-        mm = self.embed_multimodal(pixel_values, input_ids, attention_mask)
+        mm = self.embed_multimodal(pixel_values, input_ids, attention_mask, patches)
         n_actions = action_tokens.shape[1]
         action_embeds = self.language_model.get_input_embeddings()(action_tokens[:, :-1])
         steps = torch.arange(1, n_actions, device=input_ids.device)

@@ -116,3 +116,35 @@ def test_batched_torch_resize_stays_within_one_level_of_pil():
     mixed = [random_images(1, 64, 64, seed=1)[0], random_images(1, 40, 48, seed=2)[0]]
     one_by_one = torch.cat([processor.pixel_values([image]) for image in mixed])
     assert torch.equal(processor.pixel_values(mixed), one_by_one)
+
+
+def test_precomputed_patch_embeddings_give_identical_scores_and_gradients():
+    """PPO's vision cache: with LoRA on the LM only, scoring with patch embeddings computed once (no grad) gives
+    the same log-probs, values and LoRA gradients as running the vision backbone inside the scored forward."""
+    policy = adapted_policy(lm_head=True)
+    policy.train()
+    assert policy.vision_frozen
+    images, instructions = observations(6)
+    batch = policy.preprocess(images, instructions)
+    tokens = torch.randint(0, 256, (6, ACTION_DIM), generator=torch.Generator().manual_seed(0))
+    tokens += policy.vla.action_token_offset
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+
+    def scored(patch_embeddings):
+        policy.zero_grad()
+        scores = policy.evaluate_actions(batch, tokens, temperature=0.8, patch_embeddings=patch_embeddings)
+        (scores.log_probs.sum() + scores.values.sum() + scores.entropy.sum()).backward()
+        return scores, [p.grad.clone() for p in trainable]
+
+    with torch.no_grad():
+        patches = policy.patch_embeddings(batch)
+    (fresh, fresh_grads), (cached, cached_grads) = scored(None), scored(patches)
+    for name in ("log_probs", "values", "entropy", "logits"):
+        assert torch.equal(getattr(fresh, name), getattr(cached, name)), name
+    assert all(torch.equal(a, b) for a, b in zip(fresh_grads, cached_grads, strict=True))
+    assert any(float(g.abs().sum()) > 0 for g in fresh_grads)
+
+    policy.model.get_base_model().projector.fc1.weight.requires_grad_(True)  # a trainable projector: no cache
+    assert not policy.vision_frozen
+    with pytest.raises(ValueError, match="patches must be"):
+        policy.evaluate_actions(batch, tokens, patch_embeddings=patches[:, :3])
