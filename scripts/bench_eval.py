@@ -15,7 +15,7 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
     evaluate_checkpoint loads it, metaworld/drawer-close at 64 px, 10 envs), env steps/s of
       (a) ceiling: the same vector env stepped with random actions and no policy (what the simulator allows with
           that many workers),
-      (b) suite: eval.suite.evaluate, useful steps (the sum of episode lengths) per second of TaskResult.wall_s
+      (b) suite: eval.suite.evaluate (with and without `overlap`), useful steps (the sum of episode lengths) per second of TaskResult.wall_s
           (which, as in every evaluation, includes the workers' first frames but not their start-up),
       (c) collect: rollouts.collect.collect (PPO's sampling, values included) for --tp-steps steps of every env,
     and the ratios (b)/(a) and (c)/(a). The three run one after the other in one process on one machine, so the
@@ -65,6 +65,8 @@ class Args:
     """Suite episodes of the throughput section (the cpu experiment's eval_episodes)."""
     tp_steps: int = 100
     """Steps of every env for the ceiling (a) and for collection (c)."""
+    tp_overlap: tuple[bool, ...] = (True, False)
+    """Suite runs (b) with these `overlap` settings (halves of the envs stepped while the other half is acted on)."""
     tp_lora_rank: int = 16
     """LoRA rank (and alpha) of the adapter the throughput section loads (the cpu experiment's)."""
 
@@ -179,11 +181,12 @@ def throughput_section(args: Args) -> dict[str, float]:
         trained.save_adapters(Path(tmp) / "adapter")
         policy = load_policy(args.model, Path(tmp) / "adapter")
     out: dict[str, float] = {}
-    out["a_ceiling_steps_per_s"] = ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options)
+    ceiling = [ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options)]
 
     suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
-    result = evaluate(vla_actor(policy), suite, num_envs=args.tp_envs)[args.tp_task]
-    out["b_suite_steps_per_s"] = float(np.sum(result.episode_len)) / result.wall_s
+    for overlap in args.tp_overlap:
+        result = evaluate(vla_actor(policy), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
+        out[f"b_suite{'' if overlap else '_no_overlap'}_steps_per_s"] = float(np.sum(result.episode_len)) / result.wall_s
 
     vec = envs.make_vec(args.tp_task, args.tp_envs, seed=0, **env_options)
     try:
@@ -192,8 +195,12 @@ def throughput_section(args: Args) -> dict[str, float]:
         out["c_collect_steps_per_s"] = args.tp_envs * rollout.num_steps / (time.perf_counter() - t0)
     finally:
         vec.close()
-    out["b_over_a"] = out["b_suite_steps_per_s"] / out["a_ceiling_steps_per_s"]
-    out["c_over_a"] = out["c_collect_steps_per_s"] / out["a_ceiling_steps_per_s"]
+    # measured before and after (b) and (c), so that a change of load on a shared machine hits both sides alike
+    ceiling.append(ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options))
+    out["a_ceiling_steps_per_s"] = float(np.mean(ceiling))
+    for key in [k for k in out if k.startswith("b_suite")]:
+        out[key.replace("_steps_per_s", "_over_a")] = out[key] / out["a_ceiling_steps_per_s"]
+    out["c_collect_over_a"] = out["c_collect_steps_per_s"] / out["a_ceiling_steps_per_s"]
     return out
 
 
