@@ -2,7 +2,8 @@
 
 Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skips it, see eval/stages.py):
   demos_<task>     scripted expert demos (envs/demos.py) for each prior task and the new task, in a cache shared by
-                   experiments (<cache_dir>/demos/<task>_px<image>_n<N>_s<seed>; generate_demos resumes itself)
+                   experiments (<cache_dir>/demos/<task>_px<image>_r<render version>_n<N>_s<seed>; generate_demos
+                   resumes itself)
   pi0              the base policy: behaviour cloning of a random-init preset on the prior tasks' demos plus
                    `pi0_new_task_demos` demos of the new task (so that pi0 has partial new-task success)
                    (eval/pretrain.py), cached in <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips
@@ -220,9 +221,12 @@ class Experiment:
         return f"demos_{_slug(task)}_n{n}"
 
     def demos(self, task: str, n: int) -> str:
+        from envs import get_spec
         from envs.demos import generate_demos
 
-        path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}_n{n}_s{self.cfg.seed}"
+        # the render version keeps demos (and the pi0 trained on them) apart when a task's default images change
+        render = get_spec(task).render_version
+        path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}_r{render}_n{n}_s{self.cfg.seed}"
 
         def run():
             ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options,
