@@ -55,6 +55,9 @@ class TaskSpec:
     vec_factory: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
     """Optional native (e.g. GPU-batched) vector env: vec_factory(num_envs=, seed=, **options) -> a vector env with
     the batched contract of envs.vector, or None when it cannot run here (then make_vec uses process workers)."""
+    render_version: int = 1
+    """Version of the task's default images: bumped when a change of default render settings changes what the
+    policy sees, so that stored images (demo caches, a pi0 trained on them) are not mixed with new ones."""
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from eval.kl import BaseSamples, lora_weight_distance, measure
 from eval.suite import EvalRecord, Suite, SuiteTask, evaluate, make_record, save_record, validate_tasks, vla_actor
 
@@ -50,21 +52,31 @@ def check_compatible(policy, unnorm_key: str | None) -> None:
 def evaluate_checkpoint(policy, suite: Suite, new_task: str | None, out_dir: str | Path,
                         base_record: EvalRecord | None = None, kl_base: BaseSamples | None = None,
                         unnorm_key: str | None = None, num_envs: int = 4, videos_per_task: int = 0,
-                        do_sample: bool = False, overwrite: bool = False, **fields: Any) -> EvalRecord:
+                        do_sample: bool = False, overwrite: bool = False, merge_adapter: bool | None = None,
+                        **fields: Any) -> EvalRecord:
     """Run `policy` on `suite` (+ `new_task`), compare with `base_record`, measure KL against `kl_base` (pi0's cached
-    samples on new-task observations) and the adapter's weight distance; save into `out_dir`."""
+    samples on new-task observations) and the adapter's weight distance; save into `out_dir`.
+
+    merge_adapter: fold the adapter into the weights first (None: when they are fp32). Evaluation needs only pi, and
+    the merged model acts the same without a LoRA detour per linear layer; `policy` is then left merged, without
+    pi0. bf16 weights are not merged by default: rounding W + dW to bf16 would drop the adapter's small updates."""
     out_dir = Path(out_dir)
     if (out_dir / "eval.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'eval.json'} exists; pass overwrite=True (or --overwrite) to replace it")
     check_compatible(policy, unnorm_key)
     suite = with_new_task(suite, new_task)
     t0 = time.perf_counter()
+    l2_weight = lora_weight_distance(policy.model)  # before a merge removes the LoRA factors
+    if merge_adapter is None:
+        merge_adapter = policy.dtype == torch.float32
+    if merge_adapter:
+        policy.merge_adapters()
     actor = vla_actor(policy, unnorm_key=unnorm_key, do_sample=do_sample)
     results = evaluate(actor, suite, num_envs=num_envs, video_dir=out_dir / "videos" if videos_per_task else None,
                        videos_per_task=videos_per_task)
     kl = measure(policy, kl_base) if kl_base is not None else fields.pop("kl", None)
     rec = make_record(results, suite, new_task=new_task, base=base_record, kl=kl,
-                      l2_weight=lora_weight_distance(policy.model), **fields)
+                      l2_weight=l2_weight, **fields)
     rec.wall_s = time.perf_counter() - t0
     save_record(rec, out_dir, overwrite=overwrite)
     return rec

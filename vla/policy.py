@@ -236,7 +236,7 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature} (use do_sample=False for greedy)")
         stats = self.action_stats(unnorm_key) if unnorm_key is not None else None
         _check_finite(batch)
-        hidden, state = self.vla.prefill(batch.pixel_values, batch.input_ids, batch.attention_mask)
+        hidden, state = self.vla.prefill(batch.pixel_values, batch.input_ids, batch.attention_mask, ACTION_DIM - 1)
         values = self.value_head(hidden)
         bins, log_probs = [], []
         for step in range(ACTION_DIM):
@@ -256,11 +256,20 @@ class VLAPolicy(nn.Module):
         return ActionOutput(actions.astype(np.float32), action_tokens, torch.stack(log_probs, dim=1), values)
 
     def evaluate_actions(
-        self, batch: PolicyBatch, action_tokens: torch.Tensor, temperature: float = 1.0
+        self,
+        batch: PolicyBatch,
+        action_tokens: torch.Tensor,
+        temperature: float = 1.0,
+        patch_embeddings: torch.Tensor | None = None,
     ) -> ActionScores:
-        """Score given action tokens [B, 7] (vocabulary ids) in one teacher-forced forward pass, with gradients."""
+        """Score given action tokens [B, 7] (vocabulary ids) in one teacher-forced forward pass, with gradients.
+
+        patch_embeddings: `self.patch_embeddings(batch)` [B, P, D] computed earlier, reused instead of running the
+        vision backbone and projector again (valid while they are frozen: `vision_frozen`)."""
         self._check_action_tokens(batch, action_tokens)
-        hidden = self.vla.action_hidden_states(batch.pixel_values, batch.input_ids, batch.attention_mask, action_tokens)
+        hidden = self.vla.action_hidden_states(
+            batch.pixel_values, batch.input_ids, batch.attention_mask, action_tokens, patch_embeddings
+        )
         logits = self.vla.action_logits(hidden).float()  # [B, 7, n_bins]
         log_p = F.log_softmax(logits / temperature, dim=-1)
         chosen = (action_tokens - self.vla.action_token_offset).unsqueeze(-1)
@@ -270,6 +279,18 @@ class VLAPolicy(nn.Module):
             values=self.value_head(hidden[:, 0]),
             logits=logits,
         )
+
+    def patch_embeddings(self, batch: PolicyBatch) -> torch.Tensor:
+        """The projected patch embeddings [B, P, D] of the batch's images (the vision half of `evaluate_actions`)."""
+        _check_finite(batch)
+        return self.vla.patch_embeddings(batch.pixel_values)
+
+    @property
+    def vision_frozen(self) -> bool:
+        """True when no parameter of the vision backbone or projector trains (LoRA on the LM only, the default):
+        then an image's patch embeddings stay the same across optimizer steps."""
+        vision = (self.vla.vision_backbone, self.vla.projector)
+        return not any(p.requires_grad for module in vision for p in module.parameters())
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
