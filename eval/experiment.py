@@ -412,9 +412,10 @@ class Experiment:
             policy = load_policy(pi0, n_action_bins=cfg.n_action_bins)
             ds = generate_demos(cfg.new_task, cfg.rft_episodes, path, seed=300_000, env_options=self.env_options,
                                 max_attempts=cfg.rft_episodes, expert=PolicyExpert(policy), log=lambda s: None)
-            if len(ds) == 0:
-                raise RuntimeError(f"pi0 succeeded in none of {cfg.rft_episodes} sampled episodes of "
-                                   f"{cfg.new_task}: RFT has no data (raise --rft-episodes or drop rft)")
+            if ds.num_steps < max(cfg.sft_batch_sizes):
+                raise RuntimeError(f"pi0's {len(ds)} successful episodes of {cfg.rft_episodes} sampled on "
+                                   f"{cfg.new_task} hold {ds.num_steps} steps, fewer than an RFT batch "
+                                   f"({max(cfg.sft_batch_sizes)}): raise --rft-episodes or drop rft")
             return {"path": str(path), "episodes": len(ds), "steps": ds.num_steps,
                     "pi0_sampled_success_rate": ds.meta["expert_success_rate"]}
 

@@ -36,6 +36,7 @@ from scipy import stats as sps
 FITS = ("linear", "quadratic", "exponential")
 RL_METHODS = ("reinforce", "grpo", "ppo")
 SFT_METHOD = "sft"
+_CONSTANT = 1e-9  # a spread of forgetting below this is rounding (rates recomputed from episodes), not data
 _EXP_GRID = np.concatenate([np.linspace(-8, -0.25, 32), np.linspace(0.25, 8, 32)])
 
 
@@ -44,7 +45,7 @@ _EXP_GRID = np.concatenate([np.linspace(-8, -0.25, 32), np.linspace(0.25, 8, 32)
 
 def r2_score(y: np.ndarray, y_hat: np.ndarray) -> float:
     ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return float("nan") if ss_tot <= 0 else 1.0 - float(np.sum((y - y_hat) ** 2)) / ss_tot
+    return float("nan") if ss_tot <= _CONSTANT**2 else 1.0 - float(np.sum((y - y_hat) ** 2)) / ss_tot
 
 
 def fit_r2(x: np.ndarray, y: np.ndarray, kind: str) -> float:
@@ -53,7 +54,7 @@ def fit_r2(x: np.ndarray, y: np.ndarray, kind: str) -> float:
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    if x.size < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if x.size < 4 or np.ptp(x) == 0 or np.ptp(y) < _CONSTANT:
         return float("nan")
     if kind in ("linear", "quadratic"):
         design = np.vander(x, 3 if kind == "quadratic" else 2, increasing=True)
@@ -256,7 +257,7 @@ def chow_test(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
     keep = np.isin(groups, [g for g in np.unique(groups) if (groups == g).sum() >= 5]) & np.isfinite(x) & np.isfinite(y)
     x, y, groups = x[keep], y[keep], groups[keep]
     names = list(np.unique(groups))
-    if len(names) < 2 or np.ptp(y) == 0:
+    if len(names) < 2 or np.ptp(y) < _CONSTANT:
         return {"groups": names, "n": int(len(x)), "r2_pooled": float("nan"), "r2_separate": float("nan"),
                 "F": float("nan"), "p": float("nan")}
     sse_pooled, k = sse_quadratic(x, y)

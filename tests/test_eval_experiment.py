@@ -117,7 +117,7 @@ def test_parity_preset_in_miniature_produces_every_artifact(tmp_path):
         PRESETS["parity"], preset="parity-mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
         demos_per_task=4, pi0_new_task_demos=2, pi0_steps=3, pi0_batch_size=8, reinforce_lrs=(1e-3,), grpo_lrs=(1e-3,),
         sft_lrs=(1e-3,), rft_lrs=(1e-3,), rl_batch_sizes=(4,), rl_trajectories_per_state=2, sft_batch_sizes=(2, 4),
-        updates=2, checkpoint_every=1, sft_updates=2, sft_checkpoint_every=1, sft_demos=4, rft_episodes=8,
+        updates=2, checkpoint_every=1, sft_updates=2, sft_checkpoint_every=1, sft_demos=4, rft_episodes=32,
         eval_episodes=6, kl_obs=2, kl_samples_per_obs=1, lora_rank=2)
     report = Experiment(cfg, log=lambda s: None).run_all()
     run = tmp_path / "run"

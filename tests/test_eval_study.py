@@ -109,3 +109,10 @@ def test_verdict_one_curve_and_two():
     v, s = _verdict_text(methods, [0.7] * 2 * n, list(shifted), kl)
     assert s[2].startswith("The methods follow different curves"), s[2]
     assert v["one_curve"]["p"] < 0.05
+
+
+def test_no_forgetting_anywhere_gives_undefined_r2_not_rounding_noise():
+    n = 8
+    sample, forgetting, new_s = _synthetic(["reinforce"] * n, [0.7] * n, [0.9] * n, np.linspace(0.1, 1, n))
+    table = study.r2_table(sample, forgetting, ["kl_forward"], n_boot=20)
+    assert all(np.isnan(e.value) for e in table["kl_forward"].values())
