@@ -60,7 +60,7 @@ def test_workers_isolate_a_failed_stage_resume_and_match_one_process(inline_run,
     assert _strip_timing(_results(run)) == _strip_timing(_results(inline_run))
     started = {l.split()[1].rstrip(":") for l in logs if l.endswith(".log)") and "started" in l}
     assert started == {"train_sft_lr0.0003", "eval_sft_lr0.0003_step000001", "eval_sft_lr0.0003_step000002",
-                       "report"}
+                       "predict_sft_lr0.0003_step000001", "predict_sft_lr0.0003_step000002", "report"}
     # a rerun in one process only rewrites the report
     logs.clear()
     Experiment(ExperimentConfig(**{**cfg.to_dict(), "workers": 1}), log=logs.append).run_all()
