@@ -53,10 +53,11 @@ def evaluate_checkpoint(policy, suite: Suite, new_task: str | None, out_dir: str
                         base_record: EvalRecord | None = None, kl_base: BaseSamples | None = None,
                         unnorm_key: str | None = None, num_envs: int = 4, videos_per_task: int = 0,
                         do_sample: bool = False, overwrite: bool = False, merge_adapter: bool | None = None,
-                        **fields: Any) -> EvalRecord:
+                        progress: bool = False, **fields: Any) -> EvalRecord:
     """Run `policy` on `suite` (+ `new_task`), compare with `base_record`, measure KL against `kl_base` (pi0's cached
     samples on new-task observations) and the adapter's weight distance; save into `out_dir`.
 
+    progress: a bar of finished episodes per task.
     merge_adapter: fold the adapter into the weights first (None: when they are fp32). Evaluation needs only pi, and
     the merged model acts the same without a LoRA detour per linear layer; `policy` is then left merged, without
     pi0. bf16 weights are not merged by default: rounding W + dW to bf16 would drop the adapter's small updates."""
@@ -73,7 +74,7 @@ def evaluate_checkpoint(policy, suite: Suite, new_task: str | None, out_dir: str
         policy.merge_adapters()
     actor = vla_actor(policy, unnorm_key=unnorm_key, do_sample=do_sample)
     results = evaluate(actor, suite, num_envs=num_envs, video_dir=out_dir / "videos" if videos_per_task else None,
-                       videos_per_task=videos_per_task)
+                       videos_per_task=videos_per_task, progress=progress)
     kl = measure(policy, kl_base) if kl_base is not None else fields.pop("kl", None)
     rec = make_record(results, suite, new_task=new_task, base=base_record, kl=kl,
                       l2_weight=l2_weight, **fields)

@@ -289,7 +289,7 @@ class Experiment:
             policy = load_policy(pi0, n_action_bins=self.cfg.n_action_bins)
             rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out, unnorm_key=self.cfg.unnorm_key,
                                       num_envs=self.cfg.eval_num_envs, videos_per_task=self.cfg.videos_per_task,
-                                      overwrite=True, run="base", method="base", step=0, checkpoint=pi0,
+                                      progress=self.cfg.progress, overwrite=True, run="base", method="base", step=0, checkpoint=pi0,
                                       kl={"kl_forward": 0.0, "kl_reverse": 0.0, "kl_reverse_is": 0.0, "tv": 0.0})
             return {"path": str(out), "rates": rec.rates()}
 
@@ -373,6 +373,7 @@ class Experiment:
                                       kl_base=load_base_samples(self.kl_base_path(pi0)),
                                       unnorm_key=self.cfg.unnorm_key, num_envs=self.cfg.eval_num_envs,
                                       videos_per_task=self.cfg.videos_per_task if last else 0, overwrite=True,
+                                      progress=self.cfg.progress,
                                       run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
             return {"path": str(out), "new_success": rec.tasks[self.cfg.new_task]["rate"],
                     "avg_forgetting": (rec.comparison or {}).get("avg_forgetting"),

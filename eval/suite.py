@@ -226,9 +226,12 @@ def _step_success(info: dict, done: np.ndarray, n: int) -> np.ndarray:
 
 def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4, env_options: dict | None = None,
              max_steps: int | None = None, video_dir: str | Path | None = None, videos: int = 0,
-             video_fps: int = 10, overlap: bool = True) -> TaskResult:
+             video_fps: int = 10, overlap: bool = True, progress: bool = False) -> TaskResult:
     """Run one episode per seed of `task_id` with `actor` on `num_envs` envs (see the module docstring).
-    overlap: step one half of the envs while the actor computes the other half's actions (process workers only)."""
+    overlap: step one half of the envs while the actor computes the other half's actions (process workers only).
+    progress: a bar of finished episodes with ETA."""
+    from tqdm import tqdm
+
     import envs
     from envs.vector import ProcessVectorEnv
 
@@ -246,13 +249,15 @@ def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4
         raise ValueError(f"task {task_id!r} takes actions of shape {shape}, the policy emits ({ACTION_DIM},)")
     recorder = _Videos(task_id, seeds, videos if video_dir else 0, video_dir, video_fps)
     t0 = time.perf_counter()
+    bar = tqdm(total=len(seeds), desc=task_id, unit="episode", disable=not progress, dynamic_ncols=True)
     try:
         if isinstance(venv, ProcessVectorEnv):
             groups = 2 if overlap and n_env >= 2 else 1
-            ep_success, ep_len = _run_refilled(actor, venv, seeds, horizon, recorder, groups)
+            ep_success, ep_len = _run_refilled(actor, venv, seeds, horizon, recorder, groups, bar.update)
         else:
-            ep_success, ep_len = _run_waves(actor, venv, seeds, horizon, recorder)
+            ep_success, ep_len = _run_waves(actor, venv, seeds, horizon, recorder, bar.update)
     finally:
+        bar.close()
         venv.close()
     return TaskResult(task_id, int(sum(ep_success)), len(ep_success), float(np.mean(ep_len)) if ep_len else math.nan,
                       list(seeds), ep_success, ep_len, time.perf_counter() - t0)
@@ -265,8 +270,8 @@ def _actions(actor: Actor, images: np.ndarray, instructions: list[str]) -> np.nd
     return actions
 
 
-def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos",
-                  groups: int) -> tuple[list[bool], list[int]]:
+def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos", groups: int,
+                  episode_ended: Callable[[], object]) -> tuple[list[bool], list[int]]:
     """Episode k runs from reset(seed=seeds[k]) on whichever env is free: an env whose episode ended is reset with
     the next episode's seed at once, and envs with no episode left are not stepped. With groups=2 the envs form
     two halves stepped alternately: while one half's workers step, the actor computes the other half's actions.
@@ -308,6 +313,7 @@ def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: 
             recorder.add(k, obs, length[k], success[k])
             if terminated or truncated or length[k] >= horizon:
                 recorder.finish(k)
+                episode_ended()
                 episode_of[i] = None
                 ended.append(i)
         start(ended)
@@ -322,7 +328,8 @@ def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: 
     return success, length
 
 
-def _run_waves(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos") -> tuple[list[bool], list[int]]:
+def _run_waves(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos",
+               episode_ended: Callable[[], object]) -> tuple[list[bool], list[int]]:
     """For native vector envs (one batched simulator, e.g. ManiSkill3 on a GPU), which step all envs together:
     waves of num_envs episodes, episodes that end early masked until the wave ends. Returns per episode
     (success_once, length)."""
@@ -352,6 +359,7 @@ def _run_waves(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_V
                 recorder.add(w + i, {"image": image, "instruction": instructions[i]}, int(length[i]), bool(success[i]))
                 if done[i] or length[i] >= horizon:
                     recorder.finish(w + i)
+                    episode_ended()
             alive &= ~done
         ep_success += [bool(x) for x in success[: len(wave)]]
         ep_len += [int(x) for x in length[: len(wave)]]
@@ -407,7 +415,7 @@ def evaluate(actor: Actor, suite: Suite, num_envs: int = 4, video_dir: str | Pat
     results = {}
     for task in suite.tasks:
         results[task.id] = run_task(actor, task.id, suite.seeds(task), num_envs, suite.env_options,
-                                    video_dir=video_dir, videos=videos_per_task, overlap=overlap)
+                                    video_dir=video_dir, videos=videos_per_task, overlap=overlap, progress=progress)
         if progress:
             r = results[task.id]
             print(f"  {task.id}: {r.successes}/{r.trials} success, {r.wall_s:.1f}s", flush=True)
