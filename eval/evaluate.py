@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.kl import BaseSamples, lora_weight_distance, measure
-from eval.suite import EvalRecord, Suite, SuiteTask, evaluate, make_record, save_record, validate_tasks, vla_actor
+from eval.suite import EvalRecord, OutputExistsError, Suite, SuiteTask, evaluate, make_record, save_record, validate_tasks, vla_actor
 
 
 def load_policy(model: str | Path, adapter_dir: str | Path | None = None, n_action_bins: int = 256, seed: int = 0,
@@ -42,9 +42,10 @@ def with_new_task(suite: Suite, new_task: str | None, episodes: int | None = Non
 
 
 def check_compatible(policy, unnorm_key: str | None) -> None:
-    """The policy must emit 7-D actions and know `unnorm_key` (an error lists the keys it has)."""
-    if unnorm_key is not None:
-        policy.action_stats(unnorm_key)
+    """The policy must emit 7-D actions and know `unnorm_key` (a ConfigError lists the keys it has)."""
+    from rollouts.run import check_policy
+
+    check_policy(policy, unnorm_key)
 
 
 def evaluate_checkpoint(policy, suite: Suite, new_task: str | None, out_dir: str | Path,
@@ -55,7 +56,7 @@ def evaluate_checkpoint(policy, suite: Suite, new_task: str | None, out_dir: str
     samples on new-task observations) and the adapter's weight distance; save into `out_dir`."""
     out_dir = Path(out_dir)
     if (out_dir / "eval.json").exists() and not overwrite:
-        raise FileExistsError(f"{out_dir / 'eval.json'} exists; pass overwrite=True (or --overwrite) to replace it")
+        raise OutputExistsError(f"{out_dir / 'eval.json'} exists; pass overwrite=True (or --overwrite) to replace it")
     check_compatible(policy, unnorm_key)
     suite = with_new_task(suite, new_task)
     t0 = time.perf_counter()

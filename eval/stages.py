@@ -3,7 +3,9 @@
     exp = StageRunner(run_dir, config_dict)          # refuses a run_dir made by a different config
     pi0 = exp.run("pi0", lambda: train_pi0(...))      # runs once; a rerun returns the recorded result
 
-Layout: <run_dir>/experiment.json holds the config that made the directory; <run_dir>/stages/<name>.json is written
+Layout: <run_dir>/experiment.json holds the config that made the directory, written when its first stage starts
+(so a start that fails its checks claims nothing; one whose stages all failed before finishing may be rerun with
+another config); <run_dir>/stages/<name>.json is written
 (atomically) when a stage finishes, with its wall time and its JSON result; <run_dir>/timings.json sums them up.
 A stage that was interrupted has no record and is run again; stage functions should themselves resume partial work
 (training resumes from its last checkpoint) or overwrite their partial outputs.
@@ -16,6 +18,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from rollouts.config import check_writable_dir
 
 EXPERIMENT_FILE = "experiment.json"
 STAGES_DIR = "stages"
@@ -44,10 +48,11 @@ class StageRunner:
         """`config` must be JSON-serialisable; keys in `ignore_keys` may differ on a rerun (e.g. progress bars)."""
         self.dir = Path(run_dir)
         self.log = log
-        self.dir.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(self.dir)
         path = self.dir / EXPERIMENT_FILE
-        now = _normal(config)
-        if path.exists():
+        now = self.config = _normal(config)
+        self._claimed = False
+        if path.exists() and (self.dir / STAGES_DIR).is_dir() and any((self.dir / STAGES_DIR).glob("*.json")):
             saved = json.loads(path.read_text())
             diffs = [f"{k}: saved {saved.get(k, '<missing>')!r} != now {now.get(k, '<missing>')!r}"
                      for k in sorted(set(saved) | set(now))
@@ -56,11 +61,10 @@ class StageRunner:
                 raise ExperimentMismatch(
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
                     "Rerun with the same settings to resume it, or choose another --run-dir.")
-        elif any(self.dir.iterdir()):
+            self._claimed = True
+        elif not path.exists() and any(self.dir.iterdir()):
             raise ExperimentMismatch(f"{self.dir} is not empty and has no {EXPERIMENT_FILE}: not an experiment "
                                      "directory of this tool; choose another --run-dir")
-        else:
-            write_json_atomic(path, now)
 
     def done(self, name: str) -> bool:
         return (self.dir / STAGES_DIR / f"{name}.json").exists()
@@ -76,6 +80,9 @@ class StageRunner:
         if record.exists():
             self.log(f"[stage] {name}: done before, skipped")
             return self.result(name)
+        if not self._claimed:
+            write_json_atomic(self.dir / EXPERIMENT_FILE, self.config)
+            self._claimed = True
         self.log(f"[stage] {name} ...")
         t0 = time.perf_counter()
         result = _normal(fn())

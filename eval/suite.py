@@ -45,6 +45,11 @@ ACTION_DIM = 7
 DEFAULT_EPISODES = 75  # SimplerEnv's maintainers ask for at least 75 trials per task
 BUILTIN_SUITES = ("metaworld", "metaworld-mt50", "maniskill-panda", "simpler-bridge", "toy")
 
+
+class OutputExistsError(FileExistsError):
+    """An evaluation's output exists already and overwriting was not asked for."""
+
+
 Actor = Callable[[np.ndarray, list], np.ndarray]
 
 
@@ -444,7 +449,7 @@ def save_record(rec: EvalRecord, out_dir: str | Path, overwrite: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     target = out / "eval.json"
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
+        raise OutputExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, CSV_COLUMNS)
         w.writeheader()

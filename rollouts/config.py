@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
@@ -217,6 +218,19 @@ def save_json(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def check_writable_dir(path: Path, option: str = "--run-dir") -> None:
+    """Create directory `path` if needed and check that files can be written in it, or raise ConfigError."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a directory; choose another {option}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"cannot write into {option} {path}: {error.strerror or error}; choose a writable "
+                          f"{option}") from None
 
 
 def _normal(value: Any) -> Any:

@@ -44,7 +44,9 @@ class RunLogger:
         _truncate_jsonl(self.metrics_path, start_update)
         from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard is slow to import
 
-        self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_update + 1 if start_update else None)
+        # purge_step: TensorBoard drops the earlier event files' points from this update on (a resume redoes them;
+        # from update 1 too, when the run was resumed before its first checkpoint)
+        self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_update + 1)
         self._jsonl = open(self.metrics_path, "a")
         if progress:
             self._bar = tqdm(total=total_updates, initial=start_update, desc=desc, dynamic_ncols=True,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import tyro
 
+from scripts.cli import entry_point
+
 
 @dataclass
 class Args:
@@ -52,6 +54,7 @@ def _median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+@entry_point
 def main(args: Args | None = None) -> dict:
     args = args or tyro.cli(Args)
     from eval.kl import KLMonitor, collect_observations, policy_logprobs

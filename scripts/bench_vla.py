@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import tyro
 
+from scripts.cli import entry_point
 from vla import LoraSettings, OpenVLA, VLAPolicy, add_lora, preset_config
 from vla.policy import ValueHead
 
@@ -135,6 +136,7 @@ def bench_throughput(cfg: BenchConfig) -> None:
         print(f"{batch_size:>5} {ours:>18.1f} {naive:>18.1f} {ours / naive:>8.1f}x")
 
 
+@entry_point
 def main(cfg: BenchConfig | None = None) -> None:
     cfg = cfg or tyro.cli(BenchConfig)
     torch.set_num_threads(cfg.threads)

@@ -16,8 +16,10 @@ import sys
 import tyro
 
 from eval.experiment import PRESETS, Experiment, ExperimentConfig
+from scripts.cli import entry_point
 
 
+@entry_point
 def main(args: list[str] | None = None) -> None:
     presets = {name: (f"{name} preset", cfg) for name, cfg in PRESETS.items()}
     cfg: ExperimentConfig = tyro.extras.overridable_config_cli(presets, args=args, prog="razor")

@@ -19,6 +19,7 @@ import tyro
 from eval.evaluate import evaluate_checkpoint, load_policy
 from eval.kl import collect_observations, sample_base
 from eval.suite import EvalRecord, load_suite
+from scripts.cli import entry_point
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Args:
     """Label stored in the record (e.g. ppo, sft, base)."""
 
 
+@entry_point
 def main(args: Args | None = None) -> EvalRecord:
     args = args or tyro.cli(Args)
     suite = load_suite(args.suite, episodes=args.episodes, tasks=args.tasks)

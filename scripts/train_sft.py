@@ -16,8 +16,10 @@ import sys
 from rollouts import sft
 from rollouts.config import cli
 from rollouts.presets import SFT_PRESETS
+from scripts.cli import entry_point
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg = cli(SFT_PRESETS, args=sys.argv[1:] if argv is None else argv, prog="train_sft.py",
               description="Supervised fine-tuning on demonstrations (SFT, or SFT + KL with --kl-coef).")
