@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from eval.kl import BaseSamples, lora_weight_distance, measure
-from eval.suite import EvalRecord, OutputExistsError, Suite, SuiteTask, evaluate, make_record, save_record, validate_tasks, vla_actor
+from eval.suite import (CSV_COLUMNS, EvalRecord, OutputExistsError, Suite, SuiteTask, evaluate, make_record,
+                        save_record, table_rows, validate_tasks, vla_actor)
+from rollouts.constants import UPDATE
 
 
 def load_policy(model: str | Path, adapter_dir: str | Path | None = None, n_action_bins: int = 256, seed: int = 0,
@@ -69,3 +71,17 @@ def evaluate_checkpoint(policy, suite: Suite, new_task: str | None, out_dir: str
     rec.wall_s = time.perf_counter() - t0
     save_record(rec, out_dir, overwrite=overwrite)
     return rec
+
+
+def log_eval_record(run, rec: EvalRecord, out_dir: str | Path) -> None:
+    """Log an evaluation to a W&B run (rollouts/tracking.py): the results table (results.csv's columns), the
+    success rate of every task, forgetting and KL under the eval/ names, and the videos in out_dir/videos."""
+    import wandb
+
+    table = wandb.Table(columns=CSV_COLUMNS, data=[[row[c] for c in CSV_COLUMNS] for row in table_rows(rec)])
+    scalars = {f"eval/success/{task}": r["rate"] for task, r in rec.tasks.items()}
+    scalars.update({f"eval/{k}": v for k, v in {**(rec.comparison or {}), **(rec.kl or {})}.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})  # fmt: skip
+    videos = {f"videos/{path.stem}": wandb.Video(str(path), format="mp4")
+              for path in sorted((Path(out_dir) / "videos").glob("*.mp4"))}  # fmt: skip
+    run.log({UPDATE: rec.step, "eval/results": table, **scalars, **videos})

@@ -33,8 +33,9 @@ from typing import Callable, Literal
 
 from eval.stages import StageRunner
 from rollouts.config import ConfigError
+from rollouts.tracking import WandbMode
 
-RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads")
+RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "wandb", "wandb_project", "wandb_entity", "wandb_mode")
 
 
 @dataclass
@@ -128,6 +129,14 @@ class ExperimentConfig:
     """Progress bars."""
     num_threads: int = 0
     """torch threads (0: torch's default)."""
+    wandb: bool = False
+    """Log every training run to Weights & Biases too, grouped under the run directory's name (rollouts/tracking.py)."""
+    wandb_project: str = "razor"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team; None: your default)."""
+    wandb_mode: WandbMode = "auto"
+    """online, offline (files for `wandb sync`), or auto: WANDB_MODE if set, else online when logged in."""
 
     def __post_init__(self):
         self.prior_tasks, self.methods = tuple(self.prior_tasks), tuple(self.methods)
@@ -295,7 +304,9 @@ class Experiment:
                           lora_alpha=cfg.lora_alpha, unnorm_key=cfg.unnorm_key, learning_rate=lr, seed=cfg.seed,
                           run_dir=str(run_dir), resume=(run_dir / "config.json").exists(),
                           checkpoint_every=every, keep_checkpoints=10_000, callback_every=every,
-                          progress=cfg.progress, torch_threads=cfg.num_threads)
+                          progress=cfg.progress, torch_threads=cfg.num_threads, wandb=cfg.wandb,
+                          wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
+                          wandb_group=self.dir.resolve().name, wandb_mode=cfg.wandb_mode)
             t0 = time.perf_counter()
             if method == "ppo":
                 from rollouts.ppo import PPOConfig, train

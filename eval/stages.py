@@ -62,7 +62,7 @@ class StageRunner:
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
                     "Rerun with the same settings to resume it, or choose another --run-dir.")
             self._claimed = True
-        elif not path.exists() and any(self.dir.iterdir()):
+        elif not path.exists() and self.dir.is_dir() and any(self.dir.iterdir()):
             raise ExperimentMismatch(f"{self.dir} is not empty and has no {EXPERIMENT_FILE}: not an experiment "
                                      "directory of this tool; choose another --run-dir")
 

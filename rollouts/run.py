@@ -44,6 +44,7 @@ from rollouts.collect import Rollout
 from rollouts.config import ConfigError, TrainConfig, check_resume_compatible, check_writable_dir, save_json
 from rollouts.constants import ADAPTER_DIR, CHARTS, EPISODE_METRICS, CONFIG_FILE, ENV_STEPS, METRICS_FILE, SAMPLES, TIME, TRAINER_STATE_FILE, UPDATE
 from rollouts.logger import RunLogger
+from rollouts.tracking import WANDB_ID_FILE, start_wandb
 from vla.config import ACTION_DIM
 from vla.lora import LoraSettings
 from vla.policy import VLAPolicy
@@ -187,7 +188,11 @@ class Run:
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_json(run_dir / CONFIG_FILE, cfg.to_dict())
-        logger = RunLogger(run_dir, cfg.total_updates, update, enabled=dist.is_main, progress=cfg.progress, desc=desc)
+        wandb_run = None
+        if dist.is_main and cfg.wandb:
+            wandb_run = start_wandb(cfg.wandb_settings(), run_dir, cfg.to_dict(), name=run_dir.name, job_type=desc)
+        logger = RunLogger(run_dir, cfg.total_updates, update, enabled=dist.is_main, progress=cfg.progress, desc=desc,
+                           wandb_run=wandb_run)  # fmt: skip
         distributed.barrier()
         return cls(cfg, dist, run_dir, policy, optimizer, names, update, counters, logger, callbacks)
 
@@ -321,7 +326,7 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> str | None:
     saved_cfg = run_dir / CONFIG_FILE
     if saved_cfg.exists() and _failed_start(run_dir):
         print(f"note: {run_dir} holds a run that stopped before its first update; starting it again", file=sys.stderr)
-        for name in (CONFIG_FILE, METRICS_FILE, "tb", "summary.txt", checkpoint.CHECKPOINTS):
+        for name in (CONFIG_FILE, METRICS_FILE, "tb", "summary.txt", checkpoint.CHECKPOINTS, "wandb", WANDB_ID_FILE):
             path = run_dir / name
             if path.is_dir():
                 shutil.rmtree(path)

@@ -52,5 +52,5 @@ def test_a_start_that_finished_no_stage_claims_nothing(tmp_path):
 
 def test_unwritable_run_dir_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigError, match="file/exp: Not a directory"):
+    with pytest.raises(ConfigError, match="file/exp lies under .*file, which is a file"):
         StageRunner(tmp_path / "file" / "exp", {"a": 1}, log=lambda *_: None)
