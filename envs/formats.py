@@ -86,7 +86,8 @@ class LeRobotDemos:
                                   "v3.0: convert it with lerobot's convert_dataset_v21_to_v30 script")
         features = self.info["features"]
         images = [k for k, f in features.items() if f.get("dtype") in ("video", "image")]
-        self.image_key = image_key or (DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in images else images[0] if images else None)
+        default = DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in images or not images else images[0]
+        self.image_key = image_key or default
         self.action_key = action_key or DEFAULT_ACTION_KEY
         for role, key, allowed in (("image", self.image_key, images), ("action", self.action_key, list(features))):
             if key not in allowed:
@@ -286,10 +287,10 @@ def _write_tasks(tasks: dict[str, int], path: Path) -> None:
     import pyarrow.parquet as pq
 
     table = pa.table({"task_index": pa.array(list(tasks.values()), pa.int64()), "task": list(tasks)})
-    pandas_meta = {"index_columns": ["task"], "column_indexes": [], "columns": [
-        {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
-        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
-        "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0"}  # fmt: skip
+    columns = [{"name": name, "field_name": name, "pandas_type": kind, "numpy_type": numpy_type, "metadata": None}
+               for name, kind, numpy_type in (("task_index", "int64", "int64"), ("task", "unicode", "object"))]
+    pandas_meta = {"index_columns": ["task"], "column_indexes": [], "columns": columns,
+                   "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0"}
     pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), path)
 
 
@@ -309,7 +310,8 @@ class ManiSkillTrajectories:
         self.root = Path(path)
         json_path = self.root.with_suffix(".json")
         if not self.root.is_file() or not json_path.is_file():
-            raise DemoFormatError(f"a ManiSkill trajectory needs {self.root} and {json_path} (RecordEpisode writes both)")
+            raise DemoFormatError(f"a ManiSkill trajectory needs {self.root} and {json_path} (RecordEpisode writes "
+                                  "both)")
         self.info = json.loads(json_path.read_text())
         env_info = self.info["env_info"]
         self.env_id = env_info["env_id"]

@@ -4,9 +4,9 @@
     pi0 = exp.run("pi0", lambda: train_pi0(...))      # runs once; a rerun returns the recorded result
 
 Layout: <run_dir>/experiment.json holds the config that made the directory, written when its first stage starts
-(so a start that fails its checks claims nothing; one whose stages all failed before finishing may be rerun with
-another config); <run_dir>/stages/<name>.json is written
-(atomically) when a stage finishes, with its wall time and its JSON result; <run_dir>/timings.json sums them up.
+(a start that fails its checks claims nothing; while no stage has finished, a rerun may change the config);
+<run_dir>/stages/<name>.json is written (atomically) when a stage finishes, with its wall time and its JSON
+result; <run_dir>/timings.json sums them up.
 A stage that was interrupted has no record and is run again; stage functions should themselves resume partial work
 (training resumes from its last checkpoint) or overwrite their partial outputs.
 """

@@ -62,7 +62,8 @@ def test_corrupt_latest_adapter_falls_back_to_the_previous_checkpoint(tmp_path):
 def test_unwritable_run_dir_is_a_clear_error(tmp_path):
     regular_file = tmp_path / "file"
     regular_file.write_text("x")
-    for bad, reason in [("/proc/razor-x", "No such file"), (regular_file / "run", f"lies under {regular_file}, which is a file"),
+    for bad, reason in [("/proc/razor-x", "No such file"),
+                        (regular_file / "run", f"lies under {regular_file}, which is a file"),
                         (regular_file, "is a file, not a directory")]:  # fmt: skip
         with pytest.raises(ConfigError, match=f"{bad}.*{reason}"):
             ppo.train(_cfg(bad))

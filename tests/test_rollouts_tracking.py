@@ -31,7 +31,8 @@ def test_training_logs_the_jsonl_metrics_and_config_to_wandb_offline(tmp_path):
     ppo.train(_cfg(run_dir))
     logged = offline_run(run_dir)
     assert logged["run"].run_group == "sweep-a" and logged["run"].project == "razor"
-    assert logged["config"]["learning_rate"] == 1e-4 and logged["config"]["task"] == "toy/color-side" and logged["config"]["__class__"] == "PPOConfig"
+    config = logged["config"]
+    assert config["learning_rate"] == 1e-4 and config["task"] == "toy/color-side" and config["__class__"] == "PPOConfig"
     rows = [r for r in logged["history"] if "losses/loss" in r]
     jsonl = read_metrics(run_dir)
     assert [r["update"] for r in rows] == [r["update"] for r in jsonl] == [1, 2]
