@@ -15,6 +15,7 @@ from typing import Any
 from eval.kl import BaseSamples, lora_weight_distance, measure
 from eval.suite import (CSV_COLUMNS, EvalRecord, OutputExistsError, Suite, SuiteTask, evaluate, make_record,
                         save_record, table_rows, validate_tasks, vla_actor)
+from rollouts.config import ConfigError
 from rollouts.constants import UPDATE
 
 
@@ -30,7 +31,7 @@ def load_policy(model: str | Path, adapter_dir: str | Path | None = None, n_acti
         try:
             policy.load_adapters(adapter_dir, trainable=False)
         except (RuntimeError, KeyError) as e:  # peft/torch shape or key mismatches
-            raise ValueError(f"adapter {adapter_dir} does not fit base model {model}: {e}") from e
+            raise ConfigError(f"adapter {adapter_dir} does not fit base model {model}: {e}") from e
     return policy.eval()
 
 

@@ -24,11 +24,16 @@ LOCK_FILE = ROOT / "requirements.lock"
 
 
 def frozen() -> list[str]:
-    """`name==version` of every installed distribution but editable ones, sorted by name."""
+    """`name==version` of every installed distribution but Razor and other editable ones, sorted by name."""
     out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
     pins = [line.strip() for line in out.splitlines() if "==" in line and not line.startswith(("#", "-e"))]
-    return sorted(pins, key=lambda pin: pin.split("==")[0].lower().replace("_", "-"))
+    pins = [pin for pin in pins if _name(pin) != "razor"]  # also when installed without -e
+    return sorted(pins, key=_name)
+
+
+def _name(pin: str) -> str:
+    return pin.split("==")[0].lower().replace("_", "-")
 
 
 def lock_text(pins: list[str]) -> str:
