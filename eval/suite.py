@@ -50,6 +50,11 @@ ACTION_DIM = 7
 DEFAULT_EPISODES = 75  # SimplerEnv's maintainers ask for at least 75 trials per task
 BUILTIN_SUITES = ("metaworld", "metaworld-mt50", "maniskill-panda", "simpler-bridge", "toy")
 
+
+class OutputExistsError(FileExistsError):
+    """An evaluation's output exists already and overwriting was not asked for."""
+
+
 Actor = Callable[[np.ndarray, list], np.ndarray]
 
 
@@ -509,7 +514,8 @@ CSV_COLUMNS = ["task", "role", "successes", "trials", "rate", "ci_low", "ci_high
                "base_rate", "forgetting", "retained"]
 
 
-def _rows(rec: EvalRecord) -> list[dict]:
+def table_rows(rec: EvalRecord) -> list[dict]:
+    """One row per task with the CSV_COLUMNS (results.csv, results.md, the W&B table)."""
     cmp_ = rec.comparison or {}
     base_prior = cmp_.get("per_task_forgetting", {})
     rows = []
@@ -531,7 +537,7 @@ def markdown_table(rec: EvalRecord) -> str:
 
     lines = ["| task | role | success | Wilson 95% CI | mean ep. len | base | forgetting | retained |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in _rows(rec):
+    for r in table_rows(rec):
         lines.append(f"| {r['task']} | {r['role']} | {r['successes']}/{r['trials']} ({f(r['rate'], 2)}) | "
                      f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {f(r['mean_episode_len'], 1)} | {f(r['base_rate'], 2)} | "
                      f"{f(r['forgetting'], 2)} | {f(r['retained'], 2)} |")
@@ -549,11 +555,11 @@ def save_record(rec: EvalRecord, out_dir: str | Path, overwrite: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     target = out / "eval.json"
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
+        raise OutputExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, CSV_COLUMNS)
         w.writeheader()
-        w.writerows(_rows(rec))
+        w.writerows(table_rows(rec))
     (out / "results.md").write_text(markdown_table(rec))
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(rec.to_dict(), indent=2, default=_json_default))
