@@ -232,6 +232,8 @@ class MetaWorldEnv(gym.Env):
         return self._observation(sim_obs), {"success": False}
 
     def step(self, action):
+        if self.sim_obs is None:
+            raise RuntimeError(f"{SUITE}/{self.task}: call reset() before step() (gymnasium's env contract)")
         action = check_action(action)
         sim_obs, sim_reward, _, _, sim_info = self.sim.step(to_metaworld_action(action))
         self._elapsed_steps += 1

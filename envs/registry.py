@@ -86,6 +86,13 @@ def list_tasks(suite: str | None = None, backend: str | None = None) -> list[Tas
     return [s for s in specs if (suite is None or s.suite == suite) and (backend is None or s.backend == backend)]
 
 
+class UnknownTaskError(KeyError):
+    """A task id that is not registered (the message lists close matches)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 def get_spec(task_id: str) -> TaskSpec:
     _load_backends()
     try:
@@ -93,7 +100,7 @@ def get_spec(task_id: str) -> TaskSpec:
     except KeyError:
         close = difflib.get_close_matches(task_id, list(_REGISTRY), n=5, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(
+        raise UnknownTaskError(
             f"unknown task id {task_id!r}.{hint} Run `python -m envs list` for all {len(_REGISTRY)} tasks."
         ) from None
 

@@ -43,8 +43,11 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from eval.stages import EXPERIMENT_FILE, ProcessLauncher, RayLauncher, Stage, StageRunner, run_graph
+from rollouts.config import ConfigError
+from rollouts.tracking import WandbMode
 
-RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "workers", "ray", "stage_gpus")
+RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "workers", "ray", "stage_gpus", "wandb",
+             "wandb_project", "wandb_entity", "wandb_mode")
 
 METHODS = {
     "reinforce": "REINFORCE + LoRA (rollouts/reinforce.py) as RL's Razor runs it on robots: binary success reward, "
@@ -194,33 +197,41 @@ class ExperimentConfig:
     ray://...) joins a cluster (the run and cache directories must then be on storage every node sees)."""
     stage_gpus: float = 0.0
     """GPUs each model stage (pi0, KL, training, evaluation) asks Ray for (1 for the 7B on one GPU each)."""
+    wandb: bool = False
+    """Log every training run to Weights & Biases too, grouped under the run directory's name (rollouts/tracking.py)."""
+    wandb_project: str = "razor"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team; None: your default)."""
+    wandb_mode: WandbMode = "auto"
+    """online, offline (files for `wandb sync`), or auto: WANDB_MODE if set, else online when logged in."""
 
     def __post_init__(self):
         self.prior_tasks, self.methods = tuple(self.prior_tasks), tuple(self.methods)
         for name in ("reinforce_lrs", "grpo_lrs", "ppo_lrs", "sft_lrs", "rft_lrs", "rl_batch_sizes", "sft_batch_sizes"):
             setattr(self, name, tuple(getattr(self, name)))
         if not self.prior_tasks:
-            raise ValueError("prior_tasks must list at least one task")
+            raise ConfigError("prior_tasks must list at least one task")
         if self.new_task in self.prior_tasks:
-            raise ValueError(f"new_task {self.new_task!r} is also a prior task")
+            raise ConfigError(f"new_task {self.new_task!r} is also a prior task")
         unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+            raise ConfigError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
         if any(b % self.rl_trajectories_per_state for b in self.rl_batch_sizes) or self.rl_trajectories_per_state < 1:
-            raise ValueError(f"every rl_batch_sizes entry {self.rl_batch_sizes} must be a multiple of "
+            raise ConfigError(f"every rl_batch_sizes entry {self.rl_batch_sizes} must be a multiple of "
                              f"rl_trajectories_per_state={self.rl_trajectories_per_state}")
         if "grpo" in self.methods and self.rl_trajectories_per_state < 2:
-            raise ValueError("grpo needs rl_trajectories_per_state >= 2 (its groups)")
+            raise ConfigError("grpo needs rl_trajectories_per_state >= 2 (its groups)")
         if self.sft_expert and ":" not in self.sft_expert:
-            raise ValueError(f"sft_expert must be 'module:Class', got {self.sft_expert!r}")
+            raise ConfigError(f"sft_expert must be 'module:Class', got {self.sft_expert!r}")
         if self.checkpoint_every < 1 or self.updates < self.checkpoint_every:
-            raise ValueError("need 1 <= checkpoint_every <= updates")
+            raise ConfigError("need 1 <= checkpoint_every <= updates")
         if not 1 <= (self.sft_checkpoint_every or self.checkpoint_every) <= (self.sft_updates or self.updates):
-            raise ValueError("need 1 <= sft_checkpoint_every <= sft_updates")
+            raise ConfigError("need 1 <= sft_checkpoint_every <= sft_updates")
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if (self.ppo_num_envs * self.ppo_num_steps) % self.ppo_minibatches:
-            raise ValueError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
+            raise ConfigError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -250,26 +261,26 @@ class Experiment:
         self.cfg, self.log = cfg, log
         self.dir = Path(cfg.run_dir)
         self.cache = Path(cfg.cache_dir)
+        self._check_tasks()  # before the run directory is touched: a failed check leaves nothing behind
         self.stages = StageRunner(self.dir, cfg.to_dict(), ignore_keys=RESUMABLE, log=log)
-        self._check_tasks()
 
     # ---- set-up checks ----
     def _check_tasks(self) -> None:
         import envs
 
         if not self.cfg.pretrained_model and self.cfg.model not in ("tiny", "small"):
-            raise ValueError(f"model {self.cfg.model!r}: give a vla preset (tiny, small) or an existing checkpoint "
+            raise ConfigError(f"model {self.cfg.model!r}: give a vla preset (tiny, small) or an existing checkpoint "
                              "directory (for the openvla-7b preset: --model /path/to/openvla-7b)")
         for t in (*self.cfg.prior_tasks, self.cfg.new_task):
             envs.get_spec(t)  # unknown ids: KeyError with close matches
         if not self.cfg.pretrained_model:
             missing = [t for t in self.cfg.prior_tasks if envs.get_spec(t).expert_factory is None]
             if missing:
-                raise ValueError(f"pi0 is trained on expert demos, but {missing} have no scripted expert")
+                raise ConfigError(f"pi0 is trained on expert demos, but {missing} have no scripted expert")
         demo_methods = {"sft", "sft+kl"} & set(self.cfg.methods)
         if demo_methods and self.cfg.sft_demo_dir is None and not self.cfg.sft_expert \
                 and envs.get_spec(self.cfg.new_task).expert_factory is None:
-            raise ValueError(f"{sorted(demo_methods)} need demos of {self.cfg.new_task!r}, which has no scripted "
+            raise ConfigError(f"{sorted(demo_methods)} need demos of {self.cfg.new_task!r}, which has no scripted "
                              "expert: give --sft-demo-dir or drop them from --methods")
         if self.cfg.sft_expert:
             self._sft_expert_class()  # an unknown module or class fails now, not after pi0
@@ -283,7 +294,7 @@ class Experiment:
         try:
             return getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"sft_expert {self.cfg.sft_expert!r} cannot be imported: {e}") from None
+            raise ConfigError(f"sft_expert {self.cfg.sft_expert!r} cannot be imported: {e}") from None
 
     # ---- stages ----
     @staticmethod
@@ -362,7 +373,7 @@ class Experiment:
             policy = load_policy(pi0, n_action_bins=self.cfg.n_action_bins)
             rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out, unnorm_key=self.cfg.unnorm_key,
                                       num_envs=self.cfg.eval_num_envs, videos_per_task=self.cfg.videos_per_task,
-                                      overwrite=True, run="base", method="base", step=0, checkpoint=pi0,
+                                      progress=self.cfg.progress, overwrite=True, run="base", method="base", step=0, checkpoint=pi0,
                                       kl={"kl_forward": 0.0, "kl_reverse": 0.0, "kl_reverse_is": 0.0, "tv": 0.0})
             return {"path": str(out), "rates": rec.rates()}
 
@@ -413,7 +424,7 @@ class Experiment:
             ds = generate_demos(cfg.new_task, cfg.rft_episodes, path, seed=300_000, env_options=self.env_options,
                                 max_attempts=cfg.rft_episodes, expert=PolicyExpert(policy), log=lambda s: None)
             if ds.num_steps < max(cfg.sft_batch_sizes):
-                raise RuntimeError(f"pi0's {len(ds)} successful episodes of {cfg.rft_episodes} sampled on "
+                raise ConfigError(f"pi0's {len(ds)} successful episodes of {cfg.rft_episodes} sampled on "
                                    f"{cfg.new_task} hold {ds.num_steps} steps, fewer than an RFT batch "
                                    f"({max(cfg.sft_batch_sizes)}): raise --rft-episodes or drop rft")
             return {"path": str(path), "episodes": len(ds), "steps": ds.num_steps,
@@ -462,7 +473,9 @@ class Experiment:
                           learning_rate=lr, warmup_updates=cfg.warmup_updates, seed=cfg.seed,
                           run_dir=str(run_dir), resume=(run_dir / "config.json").exists(),
                           checkpoint_every=every, keep_checkpoints=10_000, callback_every=every,
-                          progress=cfg.progress, torch_threads=cfg.num_threads)
+                          progress=cfg.progress, torch_threads=cfg.num_threads, wandb=cfg.wandb,
+                          wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
+                          wandb_group=self.dir.resolve().name, wandb_mode=cfg.wandb_mode)
             rl = dict(task=cfg.new_task, env_kwargs=self.env_options, total_updates=cfg.updates,
                       env_in_process=cfg.ppo_env_in_process, **common)
             t0 = time.perf_counter()
@@ -527,6 +540,7 @@ class Experiment:
                                       kl_base=load_base_samples(self.kl_base_path(pi0)),
                                       unnorm_key=self.cfg.unnorm_key, num_envs=self.cfg.eval_num_envs,
                                       videos_per_task=self.cfg.videos_per_task if last else 0, overwrite=True,
+                                      progress=self.cfg.progress,
                                       run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
             return {"path": str(out), "new_success": rec.tasks[self.cfg.new_task]["rate"],
                     "avg_forgetting": (rec.comparison or {}).get("avg_forgetting"),

@@ -50,6 +50,11 @@ ACTION_DIM = 7
 DEFAULT_EPISODES = 75  # SimplerEnv's maintainers ask for at least 75 trials per task
 BUILTIN_SUITES = ("metaworld", "metaworld-mt50", "maniskill-panda", "simpler-bridge", "toy")
 
+
+class OutputExistsError(FileExistsError):
+    """An evaluation's output exists already and overwriting was not asked for."""
+
+
 Actor = Callable[[np.ndarray, list], np.ndarray]
 
 
@@ -226,9 +231,12 @@ def _step_success(info: dict, done: np.ndarray, n: int) -> np.ndarray:
 
 def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4, env_options: dict | None = None,
              max_steps: int | None = None, video_dir: str | Path | None = None, videos: int = 0,
-             video_fps: int = 10, overlap: bool = True) -> TaskResult:
+             video_fps: int = 10, overlap: bool = True, progress: bool = False) -> TaskResult:
     """Run one episode per seed of `task_id` with `actor` on `num_envs` envs (see the module docstring).
-    overlap: step one half of the envs while the actor computes the other half's actions (process workers only)."""
+    overlap: step one half of the envs while the actor computes the other half's actions (process workers only).
+    progress: a bar of finished episodes with ETA."""
+    from tqdm import tqdm
+
     import envs
     from envs.vector import ProcessVectorEnv
 
@@ -246,13 +254,15 @@ def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4
         raise ValueError(f"task {task_id!r} takes actions of shape {shape}, the policy emits ({ACTION_DIM},)")
     recorder = _Videos(task_id, seeds, videos if video_dir else 0, video_dir, video_fps)
     t0 = time.perf_counter()
+    bar = tqdm(total=len(seeds), desc=task_id, unit="episode", disable=not progress, dynamic_ncols=True)
     try:
         if isinstance(venv, ProcessVectorEnv):
             groups = 2 if overlap and n_env >= 2 else 1
-            ep_success, ep_len = _run_refilled(actor, venv, seeds, horizon, recorder, groups)
+            ep_success, ep_len = _run_refilled(actor, venv, seeds, horizon, recorder, groups, bar.update)
         else:
-            ep_success, ep_len = _run_waves(actor, venv, seeds, horizon, recorder)
+            ep_success, ep_len = _run_waves(actor, venv, seeds, horizon, recorder, bar.update)
     finally:
+        bar.close()
         venv.close()
     return TaskResult(task_id, int(sum(ep_success)), len(ep_success), float(np.mean(ep_len)) if ep_len else math.nan,
                       list(seeds), ep_success, ep_len, time.perf_counter() - t0)
@@ -265,8 +275,8 @@ def _actions(actor: Actor, images: np.ndarray, instructions: list[str]) -> np.nd
     return actions
 
 
-def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos",
-                  groups: int) -> tuple[list[bool], list[int]]:
+def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos", groups: int,
+                  episode_ended: Callable[[], object]) -> tuple[list[bool], list[int]]:
     """Episode k runs from reset(seed=seeds[k]) on whichever env is free: an env whose episode ended is reset with
     the next episode's seed at once, and envs with no episode left are not stepped. With groups=2 the envs form
     two halves stepped alternately: while one half's workers step, the actor computes the other half's actions.
@@ -308,6 +318,7 @@ def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: 
             recorder.add(k, obs, length[k], success[k])
             if terminated or truncated or length[k] >= horizon:
                 recorder.finish(k)
+                episode_ended()
                 episode_of[i] = None
                 ended.append(i)
         start(ended)
@@ -322,7 +333,8 @@ def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: 
     return success, length
 
 
-def _run_waves(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos") -> tuple[list[bool], list[int]]:
+def _run_waves(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos",
+               episode_ended: Callable[[], object]) -> tuple[list[bool], list[int]]:
     """For native vector envs (one batched simulator, e.g. ManiSkill3 on a GPU), which step all envs together:
     waves of num_envs episodes, episodes that end early masked until the wave ends. Returns per episode
     (success_once, length)."""
@@ -352,6 +364,7 @@ def _run_waves(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_V
                 recorder.add(w + i, {"image": image, "instruction": instructions[i]}, int(length[i]), bool(success[i]))
                 if done[i] or length[i] >= horizon:
                     recorder.finish(w + i)
+                    episode_ended()
             alive &= ~done
         ep_success += [bool(x) for x in success[: len(wave)]]
         ep_len += [int(x) for x in length[: len(wave)]]
@@ -407,7 +420,7 @@ def evaluate(actor: Actor, suite: Suite, num_envs: int = 4, video_dir: str | Pat
     results = {}
     for task in suite.tasks:
         results[task.id] = run_task(actor, task.id, suite.seeds(task), num_envs, suite.env_options,
-                                    video_dir=video_dir, videos=videos_per_task, overlap=overlap)
+                                    video_dir=video_dir, videos=videos_per_task, overlap=overlap, progress=progress)
         if progress:
             r = results[task.id]
             print(f"  {task.id}: {r.successes}/{r.trials} success, {r.wall_s:.1f}s", flush=True)
@@ -501,7 +514,8 @@ CSV_COLUMNS = ["task", "role", "successes", "trials", "rate", "ci_low", "ci_high
                "base_rate", "forgetting", "retained"]
 
 
-def _rows(rec: EvalRecord) -> list[dict]:
+def table_rows(rec: EvalRecord) -> list[dict]:
+    """One row per task with the CSV_COLUMNS (results.csv, results.md, the W&B table)."""
     cmp_ = rec.comparison or {}
     base_prior = cmp_.get("per_task_forgetting", {})
     rows = []
@@ -523,7 +537,7 @@ def markdown_table(rec: EvalRecord) -> str:
 
     lines = ["| task | role | success | Wilson 95% CI | mean ep. len | base | forgetting | retained |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in _rows(rec):
+    for r in table_rows(rec):
         lines.append(f"| {r['task']} | {r['role']} | {r['successes']}/{r['trials']} ({f(r['rate'], 2)}) | "
                      f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {f(r['mean_episode_len'], 1)} | {f(r['base_rate'], 2)} | "
                      f"{f(r['forgetting'], 2)} | {f(r['retained'], 2)} |")
@@ -541,11 +555,11 @@ def save_record(rec: EvalRecord, out_dir: str | Path, overwrite: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     target = out / "eval.json"
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
+        raise OutputExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, CSV_COLUMNS)
         w.writeheader()
-        w.writerows(_rows(rec))
+        w.writerows(table_rows(rec))
     (out / "results.md").write_text(markdown_table(rec))
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(rec.to_dict(), indent=2, default=_json_default))

@@ -74,9 +74,11 @@ class PPOConfig(RLConfig):
         check(self.clip_coef > 0 and self.value_clip > 0, "clip_coef and value_clip must be > 0")
         check(self.value_learning_rate > 0, f"value_learning_rate must be > 0, got {self.value_learning_rate}")
         check(self.target_kl is None or self.target_kl > 0, "target_kl must be > 0 or None")
+        samples = self.num_envs * self.rollout_steps()
+        steps = f"num_steps={self.num_steps}" if self.num_steps else f"the task's horizon {self.rollout_steps()}"
         check(
-            (self.num_envs * (self.num_steps or 1)) % (self.num_minibatches * self.grad_accum_steps) == 0,
-            f"num_envs * num_steps = {self.num_envs * self.num_steps} samples per update must split into "
+            samples % (self.num_minibatches * self.grad_accum_steps) == 0,
+            f"num_envs={self.num_envs} x {steps} = {samples} samples per update must split into "
             f"num_minibatches={self.num_minibatches} x grad_accum_steps={self.grad_accum_steps} equal micro-batches",
         )
 

@@ -31,6 +31,7 @@ import tyro
 import envs
 from envs.registry import TaskSpec
 from envs.vector import make_vec
+from scripts.cli import entry_point
 
 
 @dataclass
@@ -268,6 +269,7 @@ def _print_row(task_id: str, row: dict[str, float], cfg: BenchConfig) -> None:
         print(f"  make_vec({num_envs}) {rate:10.1f} wall steps/s (all envs){speedup}")
 
 
+@entry_point
 def main() -> None:
     cfg = tyro.cli(BenchConfig)
     bench_frames(cfg) if cfg.frame else bench(cfg)

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import tyro
 
+from scripts.cli import entry_point
+
 
 @dataclass
 class Args:
@@ -80,6 +82,7 @@ def _median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+@entry_point
 def main(args: Args | None = None) -> dict:
     args = args or tyro.cli(Args)
     out: dict[str, float] = {}

@@ -31,6 +31,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from scripts.cli import entry_point
+
 GB = 1e9
 
 
@@ -162,6 +164,7 @@ def memory_budget_7b() -> list[tuple[str, float, str]]:
     return rows
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])

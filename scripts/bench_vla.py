@@ -30,6 +30,7 @@ import tyro
 from PIL import Image
 from transformers import DynamicCache
 
+from scripts.cli import entry_point
 from vla import LoraSettings, OpenVLA, VLAPolicy, add_lora, preset_config
 from vla.config import ACTION_DIM
 from vla.policy import ValueHead
@@ -229,6 +230,7 @@ def bench_throughput(cfg: BenchConfig) -> None:
         )
 
 
+@entry_point
 def main(cfg: BenchConfig | None = None) -> None:
     cfg = cfg or tyro.cli(BenchConfig)
     torch.set_num_threads(cfg.threads)

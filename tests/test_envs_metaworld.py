@@ -33,6 +33,15 @@ def test_observation_contract(env):
     assert terminated is False and truncated is False
 
 
+def test_step_before_reset_is_a_clear_error():
+    env = envs.make("metaworld/reach", image_size=16)
+    try:
+        with pytest.raises(RuntimeError, match=r"metaworld/reach: call reset\(\) before step\(\)"):
+            env.step(np.zeros(7, np.float32))
+    finally:
+        env.close()
+
+
 def test_image_is_rotated_upright_for_corner_cameras():
     corner = envs.make("metaworld/reach", image_size=SIZE)
     top = envs.make("metaworld/reach", image_size=SIZE, camera="topview")

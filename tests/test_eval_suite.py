@@ -139,3 +139,13 @@ def test_refilled_metaworld_episodes_match_for_2_and_5_envs(monkeypatch):
     assert 0 < runs[0].successes < len(seeds) and len(set(runs[0].episode_len)) > 1
     for run in runs[1:]:
         assert run.episode_success == runs[0].episode_success and run.episode_len == runs[0].episode_len
+
+
+def test_progress_bar_counts_finished_episodes(capsys, monkeypatch):
+    suite = Suite("toy-progress", [SuiteTask("toy/reach-side", 5)], seed=3)
+    evaluate(seeing_actor, suite, num_envs=2, progress=True)
+    with monkeypatch.context() as m:
+        _as_wave_runner(m)
+        evaluate(seeing_actor, suite, num_envs=2, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("toy/reach-side: 100%") == 2 and "5/5" in err

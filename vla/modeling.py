@@ -23,7 +23,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from vla.checkpoint import atomic_directory, load_into, read_weight_map, save_sharded
+from vla.checkpoint import MissingCheckpointError, atomic_directory, load_into, read_weight_map, save_sharded
 from vla.config import OpenVLAConfig
 
 IGNORE_INDEX = -100  # label of positions that do not count in the LM loss (patches, prompt)
@@ -205,9 +205,9 @@ class OpenVLA(nn.Module):
         """
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+            raise MissingCheckpointError(f"checkpoint directory {directory} does not exist")
         if not (directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: is it an OpenVLA checkpoint directory?")
+            raise MissingCheckpointError(f"{directory} has no {CONFIG_FILE}: is it an OpenVLA checkpoint directory?")
         config = OpenVLAConfig.load(directory / CONFIG_FILE)
         weight_map = read_weight_map(directory)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer
 
 from vla.actions import ActionStats, ActionTokenizer
-from vla.checkpoint import atomic_directory
+from vla.checkpoint import MissingCheckpointError, atomic_directory, check_safetensors, read_safetensors
 from vla.config import ACTION_DIM, PRESET_NAMES, preset_config
 from vla.lora import LoraSettings, add_lora
 from vla.modeling import OpenVLA, default_dtype
@@ -118,12 +118,12 @@ class VLAPolicy(nn.Module):
         dtype = dtype or default_dtype(device)
         path = Path(source)
         if str(source) == "openvla-7b" and not path.is_dir():
-            raise ValueError(
+            raise MissingCheckpointError(
                 "openvla-7b needs its checkpoint (weights and Llama tokenizer): pass the directory of the "
                 "downloaded openvla/openvla-7b instead of the preset name"
             )
         if not path.is_dir() and str(source) not in PRESET_NAMES:
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"{source!r} is neither a checkpoint directory nor a preset (presets: tiny, small; openvla-7b needs "
                 "its checkpoint directory)"
             )
@@ -147,7 +147,7 @@ class VLAPolicy(nn.Module):
                 tokenizer = build_tiny_tokenizer(config.n_action_bins)
             policy = cls(model, VLAProcessor(tokenizer, model.config))
         if path.is_dir() and (path / VALUE_HEAD_FILE).is_file():
-            policy.value_head.load_state_dict(load_file(path / VALUE_HEAD_FILE))
+            policy.value_head.load_state_dict(read_safetensors(path / VALUE_HEAD_FILE))
         if adapter_dir is not None:
             policy.load_adapters(adapter_dir)
         return policy
@@ -184,12 +184,13 @@ class VLAPolicy(nn.Module):
         if isinstance(self.model, PeftModel):
             raise ValueError("the policy already has adapters; merge_adapters() first")
         if not (directory / ADAPTER_WEIGHTS_FILE).is_file() or not (directory / "adapter_config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"{directory} lacks adapter_config.json or {ADAPTER_WEIGHTS_FILE} (pickled adapters are never loaded)"
             )
+        check_safetensors(directory / ADAPTER_WEIGHTS_FILE)  # a truncated file fails here, naming it
         self.model = PeftModel.from_pretrained(self.model, directory, is_trainable=trainable)
         if (directory / VALUE_HEAD_FILE).is_file():
-            self.value_head.load_state_dict(load_file(directory / VALUE_HEAD_FILE, device=str(self.device)))
+            self.value_head.load_state_dict(read_safetensors(directory / VALUE_HEAD_FILE, device=str(self.device)))
 
     def merge_adapters(self) -> None:
         """Fold the LoRA weights into the base weights and drop the adapters (pi0 becomes the merged model)."""
