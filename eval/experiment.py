@@ -280,8 +280,8 @@ class Experiment:
         demo_methods = {"sft", "sft+kl"} & set(self.cfg.methods)
         if demo_methods and self.cfg.sft_demo_dir is None and not self.cfg.sft_expert \
                 and envs.get_spec(self.cfg.new_task).expert_factory is None:
-            raise ConfigError(f"SFT needs demos of {self.cfg.new_task!r} (methods {sorted(demo_methods)}), which has no "
-                              "scripted expert: give --sft-demo-dir or drop them from --methods")
+            raise ConfigError(f"SFT needs demos of {self.cfg.new_task!r} (methods {sorted(demo_methods)}), which has "
+                              "no scripted expert: give --sft-demo-dir or drop them from --methods")
         if self.cfg.sft_expert:
             self._sft_expert_class()  # an unknown module or class fails now, not after pi0
 

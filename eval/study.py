@@ -160,7 +160,8 @@ def _replicates(sample: Sample, n_boot: int, seed: int, strata: np.ndarray | Non
         if strata is None:
             idx = rng.integers(0, n, n)
         else:
-            idx = np.concatenate([rng.choice(np.flatnonzero(strata == s), (strata == s).sum()) for s in np.unique(strata)])
+            idx = np.concatenate([rng.choice(np.flatnonzero(strata == s), (strata == s).sum())
+                                  for s in np.unique(strata)])
         if sample.has_episodes:
             w = {t: np.bincount(rng.integers(0, s.shape[1], s.shape[1]), minlength=s.shape[1]) / s.shape[1]
                  for t, s in sample.S.items()}
@@ -303,7 +304,8 @@ def verdicts(sample: Sample, forgetting: np.ndarray, new_success: np.ndarray, pr
         if r:
             c = chow_test(x[idx], rr[2] if rr is not None else forgetting[idx], sample.methods[idx])
             draws.append(c["r2_separate"] - c["r2_pooled"])
-    out["one_curve"] = {**chow, "r2_gain": Estimate.from_draws(chow["r2_separate"] - chow["r2_pooled"], draws).to_dict()}
+    gain = Estimate.from_draws(chow["r2_separate"] - chow["r2_pooled"], draws)
+    out["one_curve"] = {**chow, "r2_gain": gain.to_dict()}
     return out
 
 
@@ -329,7 +331,8 @@ def verdict_sentences(v: dict, label=lambda name: name) -> list[str]:
         else:
             answer = "RL and SFT forget indistinguishably"
         out.append(f"{answer} at matched new-task success: over {m['pairs']} checkpoint pairs within "
-                   f"±{m['tolerance']:g}, mean forgetting RL {m['rl_forgetting']:.3f} vs SFT {m['sft_forgetting']:.3f}, "
+                   f"±{m['tolerance']:g}, mean forgetting RL {m['rl_forgetting']:.3f} vs SFT "
+                   f"{m['sft_forgetting']:.3f}, "
                    f"SFT − RL = {gap.text(3)} (95% bootstrap interval).")
     k = v["kl_predicts"]
     r2 = _est(k["r2_kl"])
@@ -351,8 +354,8 @@ def verdict_sentences(v: dict, label=lambda name: name) -> list[str]:
                 cmp_ = "worse than"
             else:
                 cmp_ = "indistinguishable from"
-            text += (f", {cmp_} the best alternative, {label(k['best_alternative'])} (R² = {_est(k['r2_best']).text()}; "
-                     f"difference {diff.text()})")
+            text += (f", {cmp_} the best alternative, {label(k['best_alternative'])} "
+                     f"(R² = {_est(k['r2_best']).text()}; difference {diff.text()})")
         out.append(text + ".")
     c = v["one_curve"]
     if not math.isfinite(c["p"]):
