@@ -211,12 +211,13 @@ def model_source(pcfg: PreflightConfig, meter: Meter) -> str:
     return str(directory)
 
 
-def load_model_config(model: str) -> OpenVLAConfig:
+def load_model_config(model: str, n_action_bins: int) -> OpenVLAConfig:
+    """The config of a checkpoint directory, or of a random-init preset with the training preset's action bins."""
     path = Path(model)
     if path.is_dir():
         return OpenVLAConfig.load(path / CONFIG_FILE)
     if model in ("tiny", "small"):
-        return preset_config(model)
+        return preset_config(model, n_action_bins)
     raise FileNotFoundError(f"{model!r} is neither a checkpoint directory nor a random-init preset (tiny, small); "
                             "for openvla-7b pass its directory or --random-init openvla-7b")  # fmt: skip
 
@@ -293,8 +294,11 @@ def policy_steps(pcfg: PreflightConfig, cfg: TrainConfig, model: str, model_conf
     t_gen = meter.results[-1].seconds / pcfg.generate_batch
 
     micro, tokens = batch[: pcfg.micro_batch], out.action_tokens[: pcfg.micro_batch]
+    # A module inside the first decoder layer starts twice when checkpointing recomputes the layer in the backward
+    # pass. (transformers checkpoints the layer's forward, so hooks on the layer itself run once; and torch stops
+    # the recompute as soon as the saved tensors are rebuilt, so only a pre-hook is sure to run.)
     layer_calls = []
-    hook = policy.vla.language_model.model.layers[0].register_forward_hook(lambda *args: layer_calls.append(1))
+    hook = policy.vla.language_model.model.layers[0].mlp.register_forward_pre_hook(lambda *args: layer_calls.append(1))
     with meter.step(f"3. evaluate_actions + backward, micro-batch {pcfg.micro_batch}") as info:
         policy.train()
         scores = policy.evaluate_actions(micro, tokens)
@@ -305,8 +309,8 @@ def policy_steps(pcfg: PreflightConfig, cfg: TrainConfig, model: str, model_conf
             raise RuntimeError(f"only {ok} of {n_b} LoRA B matrices got a finite non-zero gradient: the backward "
                                "pass does not reach the adapters (peft + gradient checkpointing: input grads?)")  # fmt: skip
         if cfg.gradient_checkpointing and len(layer_calls) != 2:
-            raise RuntimeError(f"gradient checkpointing is on but decoder layer 0 ran {len(layer_calls)} time(s) in "
-                               "forward + backward (expected 2: forward and recompute); it is not active")  # fmt: skip
+            raise RuntimeError(f"gradient checkpointing is on but decoder layer 0's MLP ran {len(layer_calls)} time(s) "
+                               "in forward + backward (expected 2: forward and recompute); it is not active")  # fmt: skip
         trainable = [p for p in policy.model.parameters() if p.requires_grad] + list(policy.value_head.parameters())
         optimizer = torch.optim.AdamW(trainable, lr=1e-3)
         optimizer.step()
@@ -402,11 +406,12 @@ def main(pcfg: PreflightConfig | None = None) -> dict:
     work = Path(pcfg.work_dir or tempfile.mkdtemp(prefix="razor-preflight-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        source_config = preset_config(pcfg.random_init) if pcfg.random_init else load_model_config(pcfg.model)
+        bins = configs["ppo"].n_action_bins
+        source_config = preset_config(pcfg.random_init) if pcfg.random_init else load_model_config(pcfg.model, bins)
         verdict = judge_budget(configs, source_config, pcfg, device)
         print(f"\n== steps on {device}, {torch.get_num_threads()} threads ==", flush=True)
         model = model_source(pcfg, meter)
-        model_config = load_model_config(model)
+        model_config = load_model_config(model, bins)
         per_sample = policy_steps(pcfg, configs["ppo"], model, model_config, device, work, meter)
         update_steps(pcfg, configs, model, model_config, device, work, meter)
     finally:
