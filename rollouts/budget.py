@@ -15,6 +15,9 @@ L = LM layers, S = tokens per sample = 1 BOS + P patches + prompt + 7 actions):
                 without:                      micro x L x S x (10 D + 4 I) x b (every layer's activations kept)
     peak      = static + max(generate, update)   (the KV cache is freed before the update starts)
 
+The measured side (`reset_peak_rss`, `peak_rss_bytes`, `device_memory`) reads what a process really used: its
+peak resident set since the last reset (Linux /proc), and the device's total and available memory.
+
 10 D + 4 I per token and layer counts what a Llama layer keeps for its backward pass: the two RMSNorm inputs
 (fp32, 2 D each), their outputs (D each), q, k, v and the attention output (4 D), the MLP's gate, up, activation
 and product (4 I); attention runs through SDPA without materialized score matrices. The frozen vision towers and
@@ -28,7 +31,9 @@ import functools
 import io
 import json
 import math
+import resource
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -128,3 +133,31 @@ def format_budget(rows: list[BudgetRow]) -> str:
     lines = [f"  {r.component:<36} {r.bytes / GB:8.2f} GB   [{r.phase}] {r.formula}" for r in rows]
     lines.append(f"  {'peak = static + max(generate, update)':<36} {peak_bytes(rows) / GB:8.2f} GB")
     return "\n".join(lines)
+
+
+# ---- measured memory ---------------------------------------------------------------------------------------------
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> float:
+    """Peak resident set since the last reset (VmHWM), or over the process's life where /proc is missing."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def device_memory(device: torch.device) -> tuple[float, float]:
+    """(total, available now) bytes of the device: CUDA memory, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return float(total), float(free)
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    return int(info["MemTotal"].split()[0]) * 1024, int(info["MemAvailable"].split()[0]) * 1024

@@ -36,18 +36,20 @@ INIT_STD = 0.02  # std of weight matrices and embeddings (Llama's and timm's ViT
 LAYER_SCALE = 0.1  # LayerScale factors: small, so the random ViT's residual stream stays bounded
 
 
-def random_tensor(name: str, shape: torch.Size, dtype: torch.dtype, seed: int) -> torch.Tensor:
+def random_tensor(
+    name: str, shape: torch.Size, dtype: torch.dtype, seed: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """The value of tensor `name`: biases 0; norm weights 1; LayerScale factors LAYER_SCALE; everything else
     (weights, embeddings, class/register tokens, position embeddings) normal(0, INIT_STD). Seeded by (seed, name),
-    so a tensor's value does not depend on the shard it lands in."""
+    so a tensor's value does not depend on the shard it lands in (it does depend on the device that draws it)."""
     if name.endswith(".bias"):
-        return torch.zeros(shape, dtype=dtype)
+        return torch.zeros(shape, dtype=dtype, device=device)
     if name.endswith(".weight") and "norm" in name.rsplit(".", 2)[-2]:
-        return torch.ones(shape, dtype=dtype)
+        return torch.ones(shape, dtype=dtype, device=device)
     if name.endswith("scale_factor"):
-        return torch.full(shape, LAYER_SCALE, dtype=dtype)
-    generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
-    return (torch.randn(shape, generator=generator) * INIT_STD).to(dtype)
+        return torch.full(shape, LAYER_SCALE, dtype=dtype, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
+    return (torch.randn(shape, generator=generator, device=device) * INIT_STD).to(dtype)
 
 
 def write_random_checkpoint(
@@ -56,8 +58,10 @@ def write_random_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    device: str | torch.device = "cpu",
 ) -> Path:
-    """Write a random-init checkpoint of `preset` (see the module docstring) into `directory`, atomically."""
+    """Write a random-init checkpoint of `preset` (see the module docstring) into `directory`, atomically.
+    `device="cuda"` draws the random values on the GPU (seconds instead of minutes for openvla-7b)."""
     config = preset_config(preset)
     tokenizer = build_tiny_tokenizer(config.n_action_bins, base_vocab_size=config.base_vocab_size)
     config.extra[RANDOM_INIT_KEY] = {
@@ -81,7 +85,8 @@ def write_random_checkpoint(
     with atomic_directory(directory) as tmp:
         config.save(tmp / CONFIG_FILE, str(dtype).removeprefix("torch."))
         tokenizer.save_pretrained(tmp)
-        save_sharded_lazily(sizes, lambda name: random_tensor(name, shapes[name].shape, dtype, seed), tmp, max_shard_bytes)
+        make = lambda name: random_tensor(name, shapes[name].shape, dtype, seed, device)  # noqa: E731
+        save_sharded_lazily(sizes, make, tmp, max_shard_bytes)
     return Path(directory)
 
 
