@@ -95,16 +95,16 @@ def training_memory(
                   "CUDA context, allocator slack" if device_type == "cuda" else "Python, torch, libraries", "static"),
     ]  # fmt: skip
     if envs:
-        rows.append(BudgetRow("KV cache of generate()", envs * L * 2 * S * kv_width * b,
-                              f"{envs} envs x {L} layers x 2 x {S} tokens x {kv_width} x {b} B", "generate"))  # fmt: skip
+        kv_formula = f"{envs} envs x {L} layers x 2 x {S} tokens x {kv_width} x {b} B"
+        rows.append(BudgetRow("KV cache of generate()", envs * L * 2 * S * kv_width * b, kv_formula, "generate"))
     if ckpt:
         rows.append(BudgetRow("checkpointed layer inputs", micro * L * S * D * b,
                               f"micro {micro} x {L} layers x {S} tokens x {D} x {b} B", "update"))  # fmt: skip
         rows.append(BudgetRow("one layer recomputed + its grads", 2 * micro * S * per_token_layer * b,
                               f"2 x micro {micro} x {S} tokens x (10 x {D} + 4 x {I}) x {b} B", "update"))  # fmt: skip
     else:
-        rows.append(BudgetRow("activations of every layer", micro * L * S * per_token_layer * b,
-                              f"micro {micro} x {L} layers x {S} tokens x (10 x {D} + 4 x {I}) x {b} B", "update"))  # fmt: skip
+        formula = f"micro {micro} x {L} layers x {S} tokens x (10 x {D} + 4 x {I}) x {b} B"
+        rows.append(BudgetRow("activations of every layer", micro * L * S * per_token_layer * b, formula, "update"))
     return rows
 
 

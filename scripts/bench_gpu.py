@@ -28,7 +28,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +188,9 @@ def bench_ppo_update(run: Run, ppo_cfg, device: torch.device, rng: np.random.Gen
     batch = policy.preprocess(rollout.images[0], list(rollout.instructions[0]))
     gen_s = _timed(lambda: policy.generate(batch, do_sample=True), device, 1)
     tokens = rollout.action_tokens[0].to(policy.device)
-    pi0_s = _timed(lambda: policy.base_action_logits(batch, tokens), device, 1) if rollout.base_logprobs is not None else 0.0
+    pi0_s = 0.0
+    if rollout.base_logprobs is not None:
+        pi0_s = _timed(lambda: policy.base_action_logits(batch, tokens), device, 1)
     _reset_peak(device)
     start = time.perf_counter()
     metrics = ppo_update(run, rollout, ppo_cfg)
@@ -243,12 +245,13 @@ def main(cfg: BenchGPUConfig | None = None) -> dict:
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     preset_cfg = RL_PRESETS["ppo"][cfg.preset][1]
-    print(f"== bench_gpu on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}), "
-          f"preset {cfg.preset} ==", flush=True)  # fmt: skip
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"== bench_gpu on {device} ({device_name}), preset {cfg.preset} ==", flush=True)
     t0 = time.perf_counter()
     model = model_source(cfg, device)
     prepare_s = time.perf_counter() - t0
-    n_bins = OpenVLAConfig.load(Path(model) / CONFIG_FILE).n_action_bins if Path(model).is_dir() else preset_cfg.n_action_bins
+    is_dir = Path(model).is_dir()
+    n_bins = OpenVLAConfig.load(Path(model) / CONFIG_FILE).n_action_bins if is_dir else preset_cfg.n_action_bins
     run_dir = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
     ppo_cfg = replace(preset_cfg, model=model, n_action_bins=n_bins, run_dir=str(run_dir / "run"), device=str(device),
                       progress=False)  # fmt: skip
@@ -262,7 +265,7 @@ def main(cfg: BenchGPUConfig | None = None) -> dict:
               f"loaded with LoRA in {load_s:.1f} s", flush=True)  # fmt: skip
         results = {
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_name": device_name,
             "measured_on_gpu": device.type == "cuda",
             "torch": torch.__version__,
             "model": {"source": model, "frozen_params": n_params, "dtype": str(policy.dtype).removeprefix("torch."),

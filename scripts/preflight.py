@@ -39,9 +39,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -177,7 +176,8 @@ def model_source(pcfg: PreflightConfig, meter: Meter) -> str:
     with meter.step(f"write random-init {pcfg.random_init} checkpoint") as info:
         write_random_checkpoint(pcfg.random_init, directory)
         shards = sorted(p.name for p in directory.glob("*.safetensors"))
-        info["note"] = f"{directory}: {len(shards)} shards, {sum(p.stat().st_size for p in directory.iterdir()) / GB:.1f} GB"
+        size = sum(p.stat().st_size for p in directory.iterdir()) / GB
+        info["note"] = f"{directory}: {len(shards)} shards, {size:.1f} GB"
     return str(directory)
 
 
@@ -212,8 +212,8 @@ def judge_budget(configs: dict[str, TrainConfig], model_config: OpenVLAConfig, p
                     "micro_batch": micro, "rows": [r.__dict__ for r in rows]}  # fmt: skip
         fits = peak_bytes(rows) <= total
         too_big += [] if fits else [alg]
-        print(f"  {alg:<10} {micro:>5} {peak_bytes(rows) / GB:>18.2f} GB {with_ckpt / GB:>7.2f} GB {without / GB:>7.2f} GB"
-              f"   {'fits' if fits else 'DOES NOT FIT'}")  # fmt: skip
+        print(f"  {alg:<10} {micro:>5} {peak_bytes(rows) / GB:>18.2f} GB {with_ckpt / GB:>7.2f} GB "
+              f"{without / GB:>7.2f} GB   {'fits' if fits else 'DOES NOT FIT'}")  # fmt: skip
     own = peak_bytes(training_memory(configs["ppo"], model_config, device.type, micro=pcfg.micro_batch,
                                      generate_batch=pcfg.generate_batch))  # fmt: skip
     print(f"  this preflight (generate batch {pcfg.generate_batch}, micro-batch {pcfg.micro_batch}) needs about "
@@ -253,8 +253,8 @@ def same_greedy_actions(policy: VLAPolicy, batch, reference: torch.Tensor, again
     gap = float((logits.max(-1).values - chosen).max())
     tolerance = 1e-4 * float(logits.abs().max()) + (1e-2 if policy.dtype == torch.bfloat16 else 1e-5)
     if gap > tolerance:
-        raise RuntimeError(f"the reloaded adapters give other greedy actions than before saving "
-                           f"({reference.tolist()} vs {again.tolist()}): logit gap {gap:.3g} > {tolerance:.3g}")  # fmt: skip
+        raise RuntimeError(f"the reloaded adapters give other greedy actions than before saving ({reference.tolist()} "
+                           f"vs {again.tolist()}): logit gap {gap:.3g} > {tolerance:.3g}")  # fmt: skip
     differ = int((again.cpu() != reference.cpu()).sum())
     return f"greedy tokens identical except {differ} near-tie(s) (logit gap {gap:.2g} <= {tolerance:.2g})"
 
@@ -293,11 +293,11 @@ def policy_steps(pcfg: PreflightConfig, cfg: TrainConfig, model: str, model_conf
         loss.backward()
         ok, n_b = _lora_b_grads(policy)
         if ok != n_b:
-            raise RuntimeError(f"only {ok} of {n_b} LoRA B matrices got a finite non-zero gradient: the backward "
-                               "pass does not reach the adapters (peft + gradient checkpointing: input grads?)")  # fmt: skip
+            raise RuntimeError(f"only {ok} of {n_b} LoRA B matrices got a finite non-zero gradient: the backward pass "
+                               "does not reach the adapters (peft + gradient checkpointing: input grads?)")  # fmt: skip
         if cfg.gradient_checkpointing and len(layer_calls) != 2:
-            raise RuntimeError(f"gradient checkpointing is on but decoder layer 0's MLP ran {len(layer_calls)} time(s) "
-                               "in forward + backward (expected 2: forward and recompute); it is not active")  # fmt: skip
+            raise RuntimeError(f"gradient checkpointing is on but decoder layer 0's MLP ran {len(layer_calls)} "
+                               "time(s) in forward + backward (2 expected: forward and recompute)")  # fmt: skip
         trainable = [p for p in policy.model.parameters() if p.requires_grad] + list(policy.value_head.parameters())
         optimizer = torch.optim.AdamW(trainable, lr=1e-3)
         optimizer.step()
@@ -409,7 +409,7 @@ def main(pcfg: PreflightConfig | None = None) -> dict:
           + ", ".join(f"{a} {v['peak_gb']:.1f} GB" for a, v in verdict["algorithms"].items()) + ")")  # fmt: skip
     print("time of one full update, extrapolated from this device's measured per-sample times (generate "
           f"{per_sample['generate_s_per_obs']:.3g} s/obs, forward+backward {per_sample['fwd_bwd_s_per_sample']:.3g} "
-          f"s/sample, pi0 forward {per_sample['pi0_fwd_s_per_sample']:.3g} s/sample; simulation excluded):")  # fmt: skip
+          f"s/sample, pi0 forward {per_sample['pi0_fwd_s_per_sample']:.3g} s/sample; simulation excluded):")
     print(extrapolate.__doc__.split("\n\n")[1].rstrip())
     for alg, t in times.items():
         print(f"  {alg:<10} {t['samples']:>5} samples/update  {t['update_s']:>10.1f} s/update  "
