@@ -5,7 +5,7 @@
 
 In one process, on one device, with the training preset's settings (dtype, LoRA, gradient checkpointing):
 
-1. generate: actions/s of VLAPolicy.generate (one batched prefill, KV-cached decode over the action bins) at
+1. generate: actions/s of greedy VLAPolicy.generate (one batched prefill, KV-cached decode over the action bins) at
    batch 1, 8, 32, 64 against a naive baseline measured in the same run: one observation at a time through
    Hugging Face `generate` over the full vocabulary, as OpenVLA's `predict_action` does (scripts/bench_vla.py's
    baseline). The baseline does not batch, so it is measured once, on `naive_observations` observations. Both
@@ -41,7 +41,8 @@ from rollouts.collect import Rollout
 from rollouts.ppo import ppo_update
 from rollouts.presets import BRIDGE_TASK, RL_PRESETS
 from rollouts.run import Run
-from scripts.bench_vla import actions_per_second, batched_actions, naive_actions
+from scripts.bench_vla import batched_actions, naive_actions, per_second
+from scripts.cli import entry_point
 from vla.config import ACTION_DIM, OpenVLAConfig
 from vla.modeling import CONFIG_FILE
 from vla.random_checkpoint import RANDOM_INIT_KEY, write_random_checkpoint
@@ -128,10 +129,10 @@ def bench_generate(policy, cfg: BenchGPUConfig, device: torch.device, rng: np.ra
     with policy.adapters_disabled():
         for batch in cfg.batch_sizes:
             images, instructions = _observations(batch, size, rng)
-            rates[batch] = actions_per_second(batched_actions, policy, images, instructions, cfg.repeats)
+            rates[batch] = per_second([batched_actions], [policy], images, instructions, cfg.repeats)[0]
             print(f"  generate, batch {batch:>3}: {rates[batch]:10.1f} actions/s", flush=True)
         images, instructions = _observations(cfg.naive_observations, size, rng)
-        naive = actions_per_second(naive_actions, policy, images, instructions, 1)
+        naive = per_second([naive_actions], [policy], images, instructions, 1)[0]
     print(f"  naive HF generate, one at a time: {naive:10.1f} actions/s", flush=True)
     return {
         "batched_actions_per_s": rates,
@@ -238,6 +239,7 @@ def bench_maniskill(cfg: BenchGPUConfig, device: torch.device) -> dict:
     return {"env_steps_per_s": rates, "task": BRIDGE_TASK, "image_size": 224}
 
 
+@entry_point
 def main(cfg: BenchGPUConfig | None = None) -> dict:
     cfg = cfg or tyro.cli(BenchGPUConfig)
     wall = time.perf_counter()

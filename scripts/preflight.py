@@ -54,6 +54,7 @@ from rollouts.budget import (GB, device_memory, format_budget, micro_batch, peak
 from rollouts.config import RLConfig, TrainConfig
 from rollouts.presets import RL_PRESETS, SFT_PRESETS
 from rollouts.run import build_policy
+from scripts.cli import entry_point
 from vla.config import ACTION_DIM, PRESET_NAMES, OpenVLAConfig, preset_config
 from vla.modeling import CONFIG_FILE
 from vla.policy import VLAPolicy
@@ -380,6 +381,7 @@ def extrapolate(configs: dict[str, TrainConfig], per_sample: dict[str, float]) -
     return out
 
 
+@entry_point
 def main(pcfg: PreflightConfig | None = None) -> dict:
     pcfg = pcfg or tyro.cli(PreflightConfig)
     device = torch.device(pcfg.device if pcfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
