@@ -95,7 +95,7 @@ def vision_cache_update(preset: str, task: str, num_envs: int, num_steps: int, e
     run_dir = Path(tempfile.mkdtemp(prefix="bench_vision_cache_"))
     cfg = replace(
         RL_PRESETS["ppo"]["tiny"][1], model=preset, task=task, num_envs=num_envs, num_steps=num_steps,
-        update_epochs=epochs, num_minibatches=4, env_in_process=True, progress=False, log_kl=True,
+        total_updates=1, update_epochs=epochs, num_minibatches=4, env_in_process=True, progress=False, log_kl=True,
         env_kwargs={"image_size": preset_config(preset).image_size}, run_dir=str(run_dir / "run"),
     )  # fmt: skip
     run = Run.start(cfg, train_value_head=True, value_learning_rate=cfg.value_learning_rate, desc="bench")
