@@ -13,7 +13,7 @@ split of an update into simulation (env reset/step), inference (preprocess, gene
 Part 1b, measured: PPO update samples/s with and without the cached vision features (patch embeddings computed
 once per rollout while the vision backbone and projector are frozen). One real rollout is collected, then
 rollouts.ppo.ppo_update runs on it alternately without and with the cache (--cache-epochs epochs each), so machine
-load hits both alike.
+load hits both alike; samples per CPU second of the process.
 
 Part 2, computed: memory of the openvla-7b-a100 PPO preset on one GPU, per component, from the real architecture
 built on the meta device (parameter counts, LoRA counts from peft) and the preset's batch sizes.
@@ -109,9 +109,9 @@ def vision_cache_update(preset: str, task: str, num_envs: int, num_steps: int, e
     seconds = {False: 0.0, True: 0.0}
     for i in range(repeats + 1):  # the first round warms up
         for cache in (False, True):
-            start = time.perf_counter()
+            start = time.process_time()  # CPU time (one thread): waiting for a shared core would swamp the ratio
             ppo.ppo_update(run, rollout, replace(cfg, cache_vision=cache))
-            seconds[cache] += (time.perf_counter() - start) if i else 0.0
+            seconds[cache] += (time.process_time() - start) if i else 0.0
     run.finish()
     shutil.rmtree(run_dir, ignore_errors=True)
     samples = num_envs * num_steps * epochs * repeats
