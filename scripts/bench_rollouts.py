@@ -175,14 +175,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    print(f"== measured on this CPU: PPO update samples/s without -> with cached vision features, {args.num_envs} envs "
-          f"x {args.num_steps} steps, {args.cache_epochs} epochs, 4 minibatches, {args.cache_repeats} updates each ==")  # fmt: skip
+    print(f"== measured on this CPU: PPO update samples per CPU second without -> with cached vision features, "
+          f"{args.num_envs} envs x {args.num_steps} steps, {args.cache_epochs} epochs, 4 minibatches, "
+          f"{args.cache_repeats} updates each ==")
     cache_results = []
     for preset in args.presets:
         for task in args.tasks:
             r = vision_cache_update(preset, task, args.num_envs, args.num_steps, args.cache_epochs, args.cache_repeats)
             cache_results.append(r)
-            print(f"{preset:<6} {task:<16} {r['without']:>8.1f} -> {r['with']:>8.1f} samples/s "
+            print(f"{preset:<6} {task:<16} {r['without']:>8.1f} -> {r['with']:>8.1f} samples per CPU s "
                   f"({r['with'] / r['without']:.2f}x)")  # fmt: skip
     if args.vision_cache_only:
         return

@@ -241,7 +241,8 @@ def bench_throughput(cfg: BenchConfig) -> None:
             (previous_actions, batched_actions), (unmerged, merged), images, instructions, cfg.repeats
         )
         print(
-            f"{batch_size:>5} {ours:>10.1f} {previous:>16.1f} {ours / previous:>5.2f}x {naive:>9.1f} {ours / naive:>5.1f}x"
+            f"{batch_size:>5} {ours:>10.1f} {previous:>16.1f} {ours / previous:>5.2f}x"
+            f" {naive:>9.1f} {ours / naive:>5.1f}x"
             f" | {'':>10} {lora:>8.1f} {folded:>8.1f} {folded / lora:>5.2f}x"
             f" | {'':>10}{pil:>8.0f} {tensor:>8.0f} {tensor / pil:>5.1f}x"
             f" | {'':>10} {before:>8.1f} {after:>8.1f} {after / before:>5.2f}x"
