@@ -73,8 +73,12 @@ CUDA is present, and None otherwise. It is written device-agnostically and teste
 when present, else SAPIEN's CPU (Vulkan lavapipe) renderer; OMP_NUM_THREADS=1 makes CPU rendering ~20% cheaper
 (the vector workers set it; set it yourself for single envs if torch is not sharing the process).
 
-Experts (`MotionPlanningExpert`): ManiSkill's motion-planning solutions (mani_skill.examples.motionplanning.panda)
-for PickCube, StackCube, PushCube, PullCube, PlaceSphere and LiftPegUpright, re-expressed as contract actions.
+Experts: `MotionPlanningExpert`, ManiSkill's motion-planning solutions (mani_skill.examples.motionplanning.panda)
+for PickCube, StackCube, PushCube, PullCube, PlaceSphere and LiftPegUpright, re-expressed as contract actions;
+`BridgeExpert`, a top-down grasp-and-place planner over the scene state for the four Bridge tasks, whose actions are
+Bridge-sized steps (within 0.9 x OpenVLA's bridge_orig q01/q99) sent through the same WidowX conversion as a
+policy's, so a recorded demo replays as a policy's actions would. Measured on the 2-core CPU (64 px, seeds 0-29):
+see README's "Measured".
 """
 
 from __future__ import annotations
