@@ -332,16 +332,36 @@ def test_bridge_moving_the_carrot_onto_the_plate_succeeds(carrot):
     assert info["success"] and terminated and reward == 1.0
 
 
-def test_bridge_expert_solves_the_carrot_task_and_its_demo_replays(carrot):
+@pytest.fixture(scope="module")
+def carrot_episodes(carrot):
+    """The Bridge expert's episodes of the carrot task from seeds 0 and 1 (arrays of envs.demos' schema)."""
     from envs.demos import rollout_expert
 
     expert = envs.get_spec("simpler/PutCarrotOnPlateInScene").expert_factory()
-    for seed in (0, 1):
-        episode = rollout_expert(carrot, expert, seed)
+    return [rollout_expert(carrot, expert, seed) for seed in (0, 1)]
+
+
+def test_bridge_expert_solves_the_carrot_task_and_its_demo_replays(carrot, carrot_episodes):
+    for episode in carrot_episodes:
         assert episode["successes"][-1] and len(episode["actions"]) < carrot.task.horizon
         actions = episode["actions"][:, :6]
         assert (actions <= 0.91 * ms.BRIDGE_ORIG_Q99).all() and (actions >= 0.91 * ms.BRIDGE_ORIG_Q01).all()
-    _assert_replays(carrot, episode)
+    _assert_replays(carrot, carrot_episodes[1])
+
+
+def test_expert_actions_survive_openvla_tokenization(carrot_episodes):
+    """normalize (bridge_orig q01/q99) -> tokenize -> decode -> un-normalize returns every expert action within half
+    a bin: the demos are in the units and range OpenVLA's Bridge actions have."""
+    from vla.actions import ActionStats, ActionTokenizer
+
+    norm_stats = {"bridge_orig": {"action": {"q01": [*ms.BRIDGE_ORIG_Q01, 0.0], "q99": [*ms.BRIDGE_ORIG_Q99, 1.0],
+                                             "mask": [True] * 6 + [False]}}}
+    stats, tokenizer = ActionStats.from_norm_stats(norm_stats, "bridge_orig"), ActionTokenizer(32000, 256)
+    actions = np.concatenate([episode["actions"] for episode in carrot_episodes])
+    decoded = stats.unnormalize(tokenizer.decode(tokenizer.encode(stats.normalize(actions))))
+    half_bin = np.append(ms.BRIDGE_ORIG_Q99 - ms.BRIDGE_ORIG_Q01, 2.0) / 255 / 2  # gripper: unnormalized [-1, 1]
+    assert (np.abs(decoded - actions) <= half_bin * (1 + 1e-4)).all()
+    np.testing.assert_array_equal(decoded[:, 6] > 0.5, actions[:, 6] > 0.5)  # the binarized gripper command
 
 
 def _assert_replays(env, episode):

@@ -1,8 +1,11 @@
 """A miniature RL's Razor experiment end to end (toy tasks, tiny VLA): every artifact, resumption, bad input;
 plus smoke runs of scripts/run_eval.py."""
 
+import dataclasses
 import importlib.util
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -60,8 +63,12 @@ def test_bad_experiment_configs(tmp_path):
     with pytest.raises(ValueError, match="checkpoint"):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "b"), model="/no/such/openvla-7b"), log=lambda s: None)
     with pytest.raises(ValueError, match="no scripted expert"):
-        Experiment(ExperimentConfig(run_dir=str(tmp_path / "c"), new_task="simpler/PutCarrotOnPlateInScene"),
-                   log=lambda s: None)
+        Experiment(ExperimentConfig(run_dir=str(tmp_path / "c"), new_task="maniskill/PokeCube"), log=lambda s: None)
+    with pytest.raises(ValueError, match="warmup-new-task-demos 0"):
+        Experiment(ExperimentConfig(run_dir=str(tmp_path / "d"), new_task="maniskill/PokeCube", methods=("ppo",),
+                                    warmup=True), log=lambda s: None)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        ExperimentConfig(warmup=True, warmup_steps=0)
 
 
 def test_run_eval_script_smoke(tmp_path):
@@ -85,6 +92,40 @@ def test_run_eval_script_smoke(tmp_path):
     with pytest.raises((KeyError, ValueError), match="unnorm_key"):
         main(Args(model="tiny", out=str(tmp_path / "x"), suite="toy", tasks=("toy/color-side",), episodes=2,
                   unnorm_key="bridge_orig", overwrite=True))
+
+
+@pytest.mark.slow  # ~10 min on the 2-core machine: each Bridge env takes 10-40 s to build on lavapipe
+def test_mini_bridge_experiment_produces_every_artifact(tmp_path, monkeypatch):
+    """The openvla-7b experiment in miniature (the bridge-mini preset): expert demos, pi0 by behaviour cloning with
+    bridge_orig statistics, the warm-up merged into pi0, PPO and SFT, evaluations, report."""
+    from envs import maniskill
+    from eval.experiment import PRESETS
+    from vla.actions import ActionStats
+
+    bridge_assets = Path(__file__).resolve().parents[2] / "shared" / "assets" / "maniskill-bridge"
+    monkeypatch.setenv("MS_ASSET_DIR", os.environ.get("MS_ASSET_DIR", str(bridge_assets)))
+    try:
+        maniskill.check_bridge_assets(maniskill.BRIDGE_TASKS[0], maniskill.configure_asset_dir())
+    except maniskill.MissingAssetsError as error:
+        pytest.skip(str(error))
+    cfg = dataclasses.replace(PRESETS["bridge-mini"], run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    report = Experiment(cfg, log=lambda s: None).run_all()
+    run = tmp_path / "run"
+    assert "bridge-mini" in report.read_text() and (run / "kl_base.npz").exists()
+    # the warm-up: a mixture of both tasks' demos, SFT checkpoints, a merged full checkpoint with pi0's statistics
+    mixture = json.loads((run / "warmup" / "demos" / "meta.json").read_text())
+    assert set(mixture["task_id"]) == {cfg.new_task, *cfg.prior_tasks} and mixture["action_stats"]["q99"]
+    pi0 = json.loads(Path(json.loads((run / "stages" / "pi0.json").read_text())["result"]["path"], "config.json")
+                     .read_text())["norm_stats"]
+    warmed = json.loads((run / "warmup" / "pi0" / "config.json").read_text())["norm_stats"]
+    assert warmed == pi0 and "bridge_orig" in warmed
+    ActionStats.from_norm_stats(warmed, "bridge_orig")
+    for method in cfg.methods:
+        rec = json.loads((run / "evals" / f"{method}_lr0.0001" / "step_000002" / "eval.json").read_text())
+        assert set(rec["tasks"]) == {cfg.new_task, *cfg.prior_tasks} and rec["kl"]["kl_forward"] >= 0
+        adapter = run / "train" / f"{method}_lr0.0001" / "checkpoints" / "step_00000002" / "adapter"
+        assert json.loads((adapter / "norm_stats.json").read_text()) == warmed  # fine-tuned: same un-normalization
+    assert list((run / "evals" / "base" / "videos").glob("*.mp4"))
 
 
 @pytest.mark.slow  # ~1 min here: a PPO update and a policy load on top of the KL timings
