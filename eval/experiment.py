@@ -30,14 +30,18 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
+import sys
 import time
+import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
-from eval.stages import StageRunner
+from eval.stages import EXPERIMENT_FILE, ProcessLauncher, RayLauncher, Stage, StageRunner, run_graph
 
-RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads")
+RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "workers", "ray", "stage_gpus")
 
 
 @dataclass
@@ -145,10 +149,18 @@ class ExperimentConfig:
     """Held-out new-task observations for the KL measurements."""
     kl_samples_per_obs: int = 2
     """pi0 token samples per observation."""
-    progress: bool = False
-    """Progress bars."""
+    progress: bool = True
+    """Progress bars (with ETA) within each stage."""
     num_threads: int = 0
-    """torch threads (0: torch's default)."""
+    """torch threads (0: torch's default); with --workers N each stage process gets its share."""
+    workers: int = 1
+    """Stages run at once: 1 runs them one after another in this process; N > 1 runs up to N in worker processes
+    (independent training runs side by side; each checkpoint evaluated as soon as its run has written it)."""
+    ray: str | None = None
+    """Run the stages as Ray tasks: 'local' starts a Ray instance on this machine, an address (host:port or
+    ray://...) joins a cluster (the run and cache directories must then be on storage every node sees)."""
+    stage_gpus: float = 0.0
+    """GPUs each model stage (pi0, KL, training, evaluation) asks Ray for (1 for the 7B on one GPU each)."""
 
     def __post_init__(self):
         self.prior_tasks, self.methods = tuple(self.prior_tasks), tuple(self.methods)
@@ -166,6 +178,8 @@ class ExperimentConfig:
             raise ValueError("need 1 <= sft_checkpoint_every <= sft_updates")
         if self.warmup and min(self.warmup_steps, self.warmup_batch_size, self.warmup_demos_per_task) < 1:
             raise ValueError("warm-up needs warmup_steps, warmup_batch_size and warmup_demos_per_task >= 1")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if (self.ppo_num_envs * self.ppo_num_steps) % self.ppo_minibatches:
             raise ValueError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
 
@@ -228,6 +242,10 @@ class Experiment:
         return {"image_size": self.cfg.image_size, **self.cfg.env_kwargs}
 
     # ---- stages ----
+    @staticmethod
+    def demos_stage(task: str, n: int) -> str:
+        return f"demos_{_slug(task)}_n{n}"
+
     def demos(self, task: str, n: int) -> str:
         from envs.demos import generate_demos
 
@@ -235,11 +253,12 @@ class Experiment:
         path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}{extra}_n{n}_s{self.cfg.seed}"
 
         def run():
-            ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options, log=lambda s: None)
+            ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options,
+                                log=self.log if self.cfg.progress else lambda s: None)
             return {"path": str(path), "episodes": len(ds), "steps": ds.num_steps,
                     "expert_success_rate": ds.meta["expert_success_rate"]}
 
-        return self.stages.run(f"demos_{_slug(task)}_n{n}", run)["path"]
+        return self.stages.run(self.demos_stage(task, n), run)["path"]
 
     def pi0(self) -> str:
         cfg = self.cfg
@@ -262,7 +281,16 @@ class Experiment:
 
         return self.stages.run("pi0", run)["path"]
 
-    def warmup(self, pi0: str) -> str:
+    def warmup_demos(self) -> list[tuple[str, int]]:
+        """(task, number of demos) of the warm-up mixture."""
+        demos = [(t, self.cfg.warmup_demos_per_task) for t in self.cfg.prior_tasks]
+        return demos + ([(self.cfg.new_task, self.cfg.warmup_new_task_demos)] if self.cfg.warmup_new_task_demos else [])
+
+    def base(self) -> str:
+        """pi0 as every stage after it sees it: the warmed-up checkpoint with `warmup`, else pi0."""
+        return self.warmup() if self.cfg.warmup else self.pi0()
+
+    def warmup(self) -> str:
         """pi0 warmed up (see the module docstring): the merged checkpoint's directory."""
         from envs.demos import combine_demos
         from eval.evaluate import load_policy
@@ -271,9 +299,8 @@ class Experiment:
         from rollouts.constants import ADAPTER_DIR
 
         cfg = self.cfg
-        dirs = [self.demos(t, cfg.warmup_demos_per_task) for t in cfg.prior_tasks]
-        if cfg.warmup_new_task_demos:
-            dirs.append(self.demos(cfg.new_task, cfg.warmup_new_task_demos))
+        pi0 = self.pi0()
+        dirs = [self.demos(t, n) for t, n in self.warmup_demos()]
         out = self.dir / "warmup"
 
         def run():
@@ -379,34 +406,47 @@ class Experiment:
 
         return self.stages.run(f"train_{name}", run)["run_dir"]
 
-    def eval_checkpoints(self, name: str, method: str, lr: float, pi0: str, run_dir: str, kl_base: Path) -> None:
+    def schedule(self, method: str) -> tuple[int, int]:
+        """(updates, checkpoint interval) of a method's runs."""
+        cfg = self.cfg
+        if method == "ppo":
+            return cfg.updates, cfg.checkpoint_every
+        return cfg.sft_updates or cfg.updates, cfg.sft_checkpoint_every or cfg.checkpoint_every
+
+    def checkpoint_steps(self, method: str) -> list[int]:
+        """The updates a run of `method` checkpoints at (rollouts/run.py: every interval, and the last update)."""
+        total, every = self.schedule(method)
+        return sorted({*range(every, total + 1, every), total})
+
+    def eval_checkpoint(self, name: str, method: str, lr: float, step: int) -> Path:
+        """One checkpoint of run `name` on the suite, with the comparison to pi0, KL and weight distance."""
         from eval.evaluate import evaluate_checkpoint, load_policy
         from eval.kl import load_base_samples
         from eval.suite import EvalRecord
-        from rollouts.checkpoint import list_checkpoints
+        from rollouts.checkpoint import CHECKPOINTS, checkpoint_name
         from rollouts.constants import ADAPTER_DIR
 
-        base = EvalRecord.load(self.dir / "evals" / "base")
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            raise FileNotFoundError(f"{run_dir} has no checkpoints to evaluate")
-        for i, ck in enumerate(ckpts):
-            step = int(ck.name.split("_")[-1])
-            out = self.dir / "evals" / name / f"step_{step:06d}"
-            last = i == len(ckpts) - 1
+        ck = self.dir / "train" / name / CHECKPOINTS / checkpoint_name(step)
+        out = self.dir / "evals" / name / f"step_{step:06d}"
+        last = step == self.checkpoint_steps(method)[-1]
 
-            def run(ck=ck, step=step, out=out, last=last):
-                policy = load_policy(pi0, ck / ADAPTER_DIR, n_action_bins=self.cfg.n_action_bins)
-                rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out, base_record=base,
-                                          kl_base=load_base_samples(kl_base), unnorm_key=self.cfg.unnorm_key,
-                                          num_envs=self.cfg.eval_num_envs,
-                                          videos_per_task=self.cfg.videos_per_task if last else 0, overwrite=True,
-                                          run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
-                return {"path": str(out), "new_success": rec.tasks[self.cfg.new_task]["rate"],
-                        "avg_forgetting": (rec.comparison or {}).get("avg_forgetting"),
-                        "kl_forward": (rec.kl or {}).get("kl_forward")}
+        def run():
+            if not ck.is_dir():
+                raise FileNotFoundError(f"checkpoint {ck} does not exist: train_{name} has not written it")
+            pi0 = self.base()
+            policy = load_policy(pi0, ck / ADAPTER_DIR, n_action_bins=self.cfg.n_action_bins)
+            rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out,
+                                      base_record=EvalRecord.load(self.dir / "evals" / "base"),
+                                      kl_base=load_base_samples(self.kl_base_path(pi0)),
+                                      unnorm_key=self.cfg.unnorm_key, num_envs=self.cfg.eval_num_envs,
+                                      videos_per_task=self.cfg.videos_per_task if last else 0, overwrite=True,
+                                      run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
+            return {"path": str(out), "new_success": rec.tasks[self.cfg.new_task]["rate"],
+                    "avg_forgetting": (rec.comparison or {}).get("avg_forgetting"),
+                    "kl_forward": (rec.kl or {}).get("kl_forward")}
 
-            self.stages.run(f"eval_{name}_step{step:06d}", run)
+        self.stages.run(f"eval_{name}_step{step:06d}", run)
+        return out
 
     def report(self) -> Path:
         from eval.analysis import analyze
@@ -418,26 +458,115 @@ class Experiment:
                                 config=self.cfg.to_dict(), timings=self.stages.timings())
             return {"report": str(path)}
 
-        # the report is cheap and should reflect every finished stage: always rewrite it
-        rec = self.dir / "stages" / "report.json"
-        if rec.exists():
-            rec.unlink()
         return Path(self.stages.run("report", run)["report"])
 
+    def graph(self) -> list[Stage]:
+        """Every stage with what it waits for, in an order that runs correctly one after another: pi0 and the
+        shared measurements first, then all training runs (the longest stages), then each checkpoint's evaluation
+        (waiting for that checkpoint only), then the report."""
+        from rollouts.checkpoint import CHECKPOINTS, checkpoint_name
+        from rollouts.constants import TRAINER_STATE_FILE
+
+        cfg = self.cfg
+        gpu = {"gpus": cfg.stage_gpus}
+        stages: list[Stage] = []
+        pi0_after: tuple[str, ...] = ()
+        if not cfg.pretrained_model:
+            demos = [(t, cfg.demos_per_task) for t in cfg.prior_tasks]
+            if cfg.pi0_new_task_demos:
+                demos.append((cfg.new_task, cfg.pi0_new_task_demos))
+            stages += [Stage(self.demos_stage(t, n), partial(self.demos, t, n)) for t, n in demos]
+            stages.append(Stage("pi0", self.pi0, after=tuple(self.demos_stage(t, n) for t, n in demos), **gpu))
+            pi0_after = ("pi0",)
+        if cfg.warmup:
+            known = {s.name for s in stages}
+            warm = [self.demos_stage(t, n) for t, n in self.warmup_demos()]
+            stages += [Stage(self.demos_stage(t, n), partial(self.demos, t, n))
+                       for t, n in self.warmup_demos() if self.demos_stage(t, n) not in known]
+            stages.append(Stage("warmup", self.warmup, after=(*pi0_after, *warm), **gpu))
+            pi0_after = ("warmup",)
+        stages.append(Stage("kl_base", lambda: self.kl_base_path(self.base()), after=pi0_after, **gpu))
+        stages.append(Stage("eval_base", lambda: self.eval_base(self.base()), after=pi0_after, **gpu))
+        sft_demos = cfg.sft_demo_dir is None and any(m != "ppo" for _, m, _ in self.runs())
+        if sft_demos and not any(s.name == self.demos_stage(cfg.new_task, cfg.sft_demos) for s in stages):
+            stages.insert(0, Stage(self.demos_stage(cfg.new_task, cfg.sft_demos),
+                                   partial(self.demos, cfg.new_task, cfg.sft_demos)))
+        evals = []
+        for name, method, lr in self.runs():
+            after = (*pi0_after, "kl_base")
+            if method != "ppo" and sft_demos:
+                after += (self.demos_stage(cfg.new_task, cfg.sft_demos),)
+            stages.append(Stage(f"train_{name}", partial(self._train_stage, name, method, lr), after=after, **gpu))
+            for step in self.checkpoint_steps(method):
+                ck = self.dir / "train" / name / CHECKPOINTS / checkpoint_name(step) / TRAINER_STATE_FILE
+                evals.append(Stage(f"eval_{name}_step{step:06d}", partial(self.eval_checkpoint, name, method, lr, step),
+                                   after=("kl_base", "eval_base"), needs=(ck,), producer=f"train_{name}", **gpu))
+        stages += evals
+        stages.append(Stage("report", self.report, after=tuple(s.name for s in stages), cpus=1))
+        return stages
+
+    def _train_stage(self, name: str, method: str, lr: float) -> str:
+        pi0 = self.base()
+        return self.train(name, method, lr, pi0, self.kl_base_path(pi0))
+
     def run_all(self) -> Path:
-        if self.cfg.num_threads:
+        """Run every unfinished stage (one at a time here, or `workers` at once, or on Ray); returns the report."""
+        cfg = self.cfg
+        if cfg.num_threads:
             import torch
 
-            torch.set_num_threads(self.cfg.num_threads)
-        pi0 = self.pi0()
-        if self.cfg.warmup:
-            pi0 = self.warmup(pi0)
-        kl_base = self.kl_base_path(pi0)
-        self.eval_base(pi0)
-        for name, method, lr in self.runs():
-            run_dir = self.train(name, method, lr, pi0, kl_base)
-            self.eval_checkpoints(name, method, lr, pi0, run_dir, kl_base)
-        return self.report()
+            torch.set_num_threads(cfg.num_threads)
+        report_record = self.dir / "stages" / "report.json"
+        if report_record.exists():  # the report is cheap and should reflect every finished stage: always rewrite it
+            report_record.unlink()
+        launcher = None
+        if cfg.ray is not None:
+            launcher = RayLauncher(run_stage, self.dir.resolve(), address=cfg.ray,
+                                   task_kwargs={"cache_dir": str(Path(cfg.cache_dir).resolve())})
+        elif cfg.workers > 1:
+            launcher = ProcessLauncher(run_stage, self.dir.resolve(),
+                                       threads=max(1, (cfg.num_threads or os.cpu_count() or 1) // cfg.workers),
+                                       task_kwargs={"cache_dir": str(Path(cfg.cache_dir).resolve())},
+                                       preload=("eval.experiment", "eval.evaluate", "rollouts.ppo", "rollouts.sft"))
+        workers = cfg.workers if cfg.ray is None else max(cfg.workers, 10_000)  # Ray schedules by resources
+        run_graph(self.graph(), self.stages, launcher, workers=workers, log=self.log)
+        return self.dir / "report.md"
+
+
+def run_stage(run_dir: str, name: str, threads: int = 1, log_path: str | None = None,
+              cache_dir: str | None = None) -> None:
+    """Run stage `name` of the experiment recorded in `run_dir` (a worker process's or Ray task's job).
+
+    The config is the one the directory was made with; the stage records itself as in a run in one process. With
+    `log_path`, everything the stage prints (also from C code and subprocesses, and its traceback if it fails)
+    goes to that file."""
+    saved_fds = None
+    if log_path:
+        sys.stdout.flush(), sys.stderr.flush()
+        saved_fds = os.dup(1), os.dup(2)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1), os.dup2(fd, 2)
+        os.close(fd)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        saved = json.loads((Path(run_dir) / EXPERIMENT_FILE).read_text())
+        over = {"run_dir": run_dir, "num_threads": threads, "workers": 1, "ray": None}
+        cfg = ExperimentConfig(**{**saved, **over, **({"cache_dir": cache_dir} if cache_dir else {})})
+        stages = {s.name: s for s in Experiment(cfg, log=lambda m: print(m, flush=True)).graph()}
+        if name not in stages:
+            raise KeyError(f"no stage {name!r} in the experiment of {run_dir}")
+        stages[name].fn()
+    except BaseException:
+        if log_path:
+            traceback.print_exc()
+        raise
+    finally:
+        if saved_fds:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved_fds[0], 1), os.dup2(saved_fds[1], 2)
+            os.close(saved_fds[0]), os.close(saved_fds[1])
 
 
 # ---------------------------------------------------------------------------------------------------- presets
@@ -470,7 +599,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         warmup_new_task_demos=10, warmup_steps=2000, warmup_batch_size=16, warmup_lr=5e-4, methods=("ppo", "sft"),
         ppo_lrs=(1e-5, 3e-5), sft_lrs=(1e-5, 3e-5), lora_rank=32, lora_alpha=16, updates=60, checkpoint_every=15,
         ppo_num_envs=16, ppo_num_steps=60, ppo_minibatches=8, ppo_epochs=1, ppo_reward="sparse", sft_demos=100,
-        eval_episodes=75, eval_num_envs=16, videos_per_task=3, kl_obs=128, kl_samples_per_obs=2, sft_batch_size=16),
+        eval_episodes=75, eval_num_envs=16, videos_per_task=3, kl_obs=128, kl_samples_per_obs=2, sft_batch_size=16,
+        stage_gpus=1.0),
 }
 
 # the openvla-7b experiment in miniature: the `small` VLA (pi0 by behaviour cloning, Bridge action statistics under
@@ -483,4 +613,4 @@ PRESETS["bridge-mini"] = dataclasses.replace(
     warmup_new_task_demos=1, warmup_steps=2, warmup_batch_size=4, updates=2, checkpoint_every=2, ppo_num_envs=1,
     ppo_num_steps=2, ppo_minibatches=1, ppo_epochs=1, ppo_env_in_process=True, ppo_lrs=(1e-4,), sft_lrs=(1e-4,),
     sft_demos=1, sft_batch_size=4, eval_episodes=1, eval_num_envs=1, videos_per_task=1, kl_obs=2,
-    kl_samples_per_obs=1, lora_rank=2)
+    kl_samples_per_obs=1, lora_rank=2, stage_gpus=0.0)

@@ -98,8 +98,10 @@ def pretrain(cfg: PretrainConfig, data: dict[str, np.ndarray], out_dir: str | Pa
         losses.append(loss.item())
         accs.append(float((scores.logits.argmax(-1) == tokens - policy.vla.action_token_offset).float().mean()))
         if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / step * (cfg.steps - step)
             log(f"[pi0] step {step}/{cfg.steps} loss {np.mean(losses[-cfg.log_every:]):.3f} "
-                f"token acc {np.mean(accs[-cfg.log_every:]):.3f} ({time.perf_counter() - t0:.0f}s)")
+                f"token acc {np.mean(accs[-cfg.log_every:]):.3f} ({elapsed:.0f}s, ETA {eta:.0f}s)")
     policy.eval()
     policy.save_pretrained(out_dir)
     summary = {"config": asdict(cfg), "steps": cfg.steps, "samples": n, "final_loss": float(np.mean(losses[-50:])),
