@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval.experiment import Experiment, ExperimentConfig
@@ -145,3 +146,19 @@ def test_adapter_that_does_not_fit_the_base_is_a_clear_error(tmp_path):
     pol.save_adapters(tmp_path / "adapter")
     with pytest.raises(ValueError, match="does not fit base model small"):
         load_policy("small", tmp_path / "adapter")
+
+
+def test_pi0_keeps_the_action_statistics_it_was_trained_with(tmp_path):
+    """With unnorm_key, pi0's behaviour cloning normalizes the demo actions by their own q01/q99 and saves those
+    statistics in the checkpoint, so that its actions un-normalize back into env units."""
+    from envs.demos import generate_demos
+    from eval.pretrain import PretrainConfig, load_demo_steps, pretrain
+    from vla.policy import VLAPolicy
+
+    generate_demos("toy/reach-side", 2, tmp_path / "demos", log=lambda s: None)
+    data = load_demo_steps([tmp_path / "demos"])
+    data["actions"][:, :6] *= 0.03  # env units unlike [-1, 1], as Bridge actions are
+    pretrain(PretrainConfig(steps=2, batch_size=4, unnorm_key="demo"), data, tmp_path / "pi0", log=lambda s: None)
+    stats = VLAPolicy.from_pretrained(tmp_path / "pi0").action_stats("demo")
+    np.testing.assert_allclose(stats.q99, np.quantile(data["actions"], 0.99, axis=0), atol=1e-6)
+    assert np.abs(stats.normalize(data["actions"])[:, :6]).max() <= 1.0 and not stats.mask[6]
