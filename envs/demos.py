@@ -224,7 +224,7 @@ def combine_demos(dataset_dirs: list[str | os.PathLike], out_dir: str | os.PathL
         "attempts": [attempt for source in sources for attempt in source.meta["attempts"]],
         "episodes": episodes,
         "expert_success_rate": None,
-        "action_stats": action_statistics(np.concatenate([source.actions() for source in sources])) if episodes else None,
+        "action_stats": action_statistics(np.concatenate([s.actions() for s in sources])) if episodes else None,
     }
     _write_atomic(root / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return DemoDataset(root)

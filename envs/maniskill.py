@@ -271,7 +271,8 @@ def widowx_action_toward(
         controller_angles = rotations.matrix_to_euler(rotations.axis_angle_to_matrix(rotvec), "XYZ")
         return rotations.axis_angle_to_euler(controller_angles, "xyz")
 
-    rotvec = rotations.matrix_to_axis_angle(rotations.quat_to_matrix(target[3:]) @ rotations.quat_to_matrix(current[3:]).T)
+    wanted = rotations.quat_to_matrix(target[3:]) @ rotations.quat_to_matrix(current[3:]).T  # about base axes
+    rotvec = rotations.matrix_to_axis_angle(wanted)
     rotvec = rotvec * scale_into_bounds(contract_euler(rotvec), low[3:], high[3:])
     action = np.concatenate([delta_pos, contract_euler(rotvec), [openness]])
     return check_action(action)
@@ -668,7 +669,8 @@ class BridgeExpert:
         return (self._env.agent.robot.pose.inv() * actor.pose).raw_pose[0].cpu().numpy().astype(np.float64)
 
     def _controller_target(self) -> np.ndarray:
-        return self._env.agent.controller.controllers["arm"].get_state()["target_pose"][0].cpu().numpy().astype(np.float64)
+        arm = self._env.agent.controller.controllers["arm"]
+        return arm.get_state()["target_pose"][0].cpu().numpy().astype(np.float64)
 
     def reset(self, env: gym.Env, obs: dict, info: dict) -> None:
         self._env = ms_env = env.unwrapped.maniskill_env
@@ -696,7 +698,8 @@ class BridgeExpert:
             return self._steps_in_phase >= phase.hold
         target_reached = np.linalg.norm(self._controller_target()[:3] - phase.position) < 1e-4
         ee_reached = np.linalg.norm(ee_position - phase.position) < self.reach_tolerance
-        return (self._steps_in_phase > 0 and target_reached and ee_reached) or self._steps_in_phase > self.max_move_steps
+        reached = self._steps_in_phase > 0 and target_reached and ee_reached
+        return reached or self._steps_in_phase > self.max_move_steps
 
     def act(self, obs: dict) -> np.ndarray:
         ee_position = obs["state"][-7:-4].astype(np.float64)

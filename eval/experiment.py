@@ -226,8 +226,9 @@ class Experiment:
         if not self.cfg.pretrained_model or self.cfg.warmup:
             missing = [t for t in self.cfg.prior_tasks if envs.get_spec(t).expert_factory is None]
             if missing:
-                raise ValueError(f"pi0 is trained (or warmed up) on expert demos, but {missing} have no scripted expert")
-        if self.cfg.warmup and self.cfg.warmup_new_task_demos and envs.get_spec(self.cfg.new_task).expert_factory is None:
+                raise ValueError(f"pi0 is trained or warmed up on expert demos, but {missing} have no scripted expert")
+        new_task_expert = envs.get_spec(self.cfg.new_task).expert_factory
+        if self.cfg.warmup and self.cfg.warmup_new_task_demos and new_task_expert is None:
             raise ValueError(f"the warm-up mixes in demos of {self.cfg.new_task!r}, which has no scripted expert: "
                              "set --warmup-new-task-demos 0")
         if ("sft" in self.cfg.methods or self.cfg.warmup) and importlib.util.find_spec("rollouts.sft") is None:

@@ -125,7 +125,8 @@ def test_widowx_expert_action_inverts_the_widowx_conversion():
     rotation vector) to widowx_action_toward's action reaches the target when it is within one step."""
     current = np.array([0.25, 0.0, 0.1, *rotations.euler_to_quat([0.0, np.pi / 2, 0.3])])
     step_rotation = rotations.euler_to_matrix([0.03, -0.04, 0.15])
-    target = np.concatenate([[0.27, -0.03, 0.12], rotations.matrix_to_quat(step_rotation @ rotations.quat_to_matrix(current[3:]))])
+    target_rotation = step_rotation @ rotations.quat_to_matrix(current[3:])
+    target = np.concatenate([[0.27, -0.03, 0.12], rotations.matrix_to_quat(target_rotation)])
     action = ms.widowx_action_toward(current, target, openness=0.0)
     controller = ms.widowx_action_to_controller(action[None])[0]
     reached = rotations.euler_to_matrix(controller[3:6], "XYZ") @ rotations.quat_to_matrix(current[3:])
