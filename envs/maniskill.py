@@ -26,7 +26,9 @@ maniskill/* (suite "maniskill-panda", robot "panda"): ManiSkill3's tabletop task
   The robot's initial joint positions get ManiSkill's small noise (std 0.02 rad).
 
 Seeding: reset(seed=s) seeds ManiSkill's episode RNG (and torch, inside a fork), so the same s gives the same scene;
-reset() continues that seed's stream (ManiSkill's `enhanced_determinism`).
+reset() continues that seed's stream (ManiSkill's `enhanced_determinism`). Bridge scenes: before every reset the
+robot is put back at rest as construction left it, since ManiSkill lets the objects settle before it resets the
+robot (the previous episode's arm could knock them); so reset(seed=s) gives the same scene whatever came before.
 
 Every conversion lives here:
 - Actions, contract [dx, dy, dz, droll, dpitch, dyaw, gripper] (`envs.registry`: deltas in [-1, 1], gripper
@@ -416,6 +418,9 @@ class ManiSkillBatch:
         self._ee_link = agent.robot.links_map[task.robot.ee_link]
         self.state_dim = 2 * agent.robot.get_qpos().shape[-1] + 7
         self.instruction = self.env.get_language_instruction()[0] if task.robot is WIDOWX else task.instruction
+        # The robot as construction left it (see reset): joint positions and the joints' drive targets.
+        robot = agent.robot
+        self._rest_robot = (robot.get_qpos().clone(), robot.get_drive_targets().clone())
 
     def _camera_config(self) -> dict:
         h, w = self.image_hw
@@ -454,8 +459,24 @@ class ManiSkillBatch:
 
     # ---- API --------------------------------------------------------------------------------------------------
     def reset(self, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[dict, list[dict]]:
+        if self.task.robot is WIDOWX:
+            self._restore_rest_robot()
         raw_obs, raw_info = self.env.reset(seed=seed, options=dict(options or {}))
         return self.observation(raw_obs), self.infos(raw_info)
+
+    def _restore_rest_robot(self) -> None:
+        """Put the robot back where construction left it, at rest, with the same drive targets.
+
+        The Bridge scenes let the objects settle (0.5-6 s of simulation) before they reset the robot, so without
+        this the previous episode's last arm pose and drive targets take part in the settling: e.g. a gripper left
+        hovering over one episode's plate knocks the next episode's carrot over. With it, reset(seed=s) gives the
+        same scene after any history as in a fresh env, and a recorded demo replays the same in another process.
+        """
+        robot = self.env.agent.robot
+        qpos, drive_targets = self._rest_robot
+        robot.set_qpos(qpos)
+        robot.set_qvel(qpos * 0)
+        robot.set_joint_drive_targets(drive_targets, robot.active_joints)
 
     def partial_reset(self, env_indices: np.ndarray) -> dict:
         """Reset only the sub-scenes `env_indices` (ManiSkill's partial reset, each continuing its own seed stream);
