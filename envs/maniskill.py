@@ -465,11 +465,12 @@ class ManiSkillBatch:
         return self.observation(raw_obs), self.infos(raw_info)
 
     def _restore_rest_robot(self) -> None:
-        """Put the robot back where construction left it, at rest, with the same drive targets.
+        """Put the robot back where construction left it, at rest, with the same drive targets; stop the objects.
 
         The Bridge scenes let the objects settle (0.5-6 s of simulation) before they reset the robot, so without
-        this the previous episode's last arm pose and drive targets take part in the settling: e.g. a gripper left
-        hovering over one episode's plate knocks the next episode's carrot over. With it, reset(seed=s) gives the
+        this the previous episode's last arm pose and drive targets take part in the settling (e.g. a gripper left
+        hovering over one episode's plate knocks the next episode's carrot over), and so do the velocities the
+        objects had when it ended (a dropped eggplant still rolling). With it, reset(seed=s) gives the
         same scene after any history as in a fresh env, and a recorded demo replays the same in another process.
         """
         robot = self.env.agent.robot
@@ -477,6 +478,9 @@ class ManiSkillBatch:
         robot.set_qpos(qpos)
         robot.set_qvel(qpos * 0)
         robot.set_joint_drive_targets(drive_targets, robot.active_joints)
+        for actor in self.env.objs.values():  # the scene re-poses them but keeps their last velocities
+            actor.set_linear_velocity(actor.get_linear_velocity() * 0)
+            actor.set_angular_velocity(actor.get_angular_velocity() * 0)
 
     def partial_reset(self, env_indices: np.ndarray) -> dict:
         """Reset only the sub-scenes `env_indices` (ManiSkill's partial reset, each continuing its own seed stream);
