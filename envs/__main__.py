@@ -4,6 +4,7 @@
     python -m envs demos --task T --n N --out DIR [...]     generate expert demos (resumes DIR if present)
     python -m envs inspect DIR                              summarize a demo dataset
     python -m envs expert --task T --n N                    measure an expert's success rate (nothing saved)
+    python -m envs export-lerobot DIR OUT [--fps F]         write a demo dataset as a LeRobot v3 dataset
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from envs.demos import DemoDataset, evaluate_expert, generate_demos
+from envs.formats import export_lerobot
 from envs.registry import list_tasks
 
 
@@ -76,6 +78,11 @@ def cmd_expert(args: argparse.Namespace) -> None:
     print(f"{args.task}: expert success rate {rate:.1%} over {args.n} episodes ({seeds})")
 
 
+def cmd_export_lerobot(args: argparse.Namespace) -> None:
+    out = export_lerobot(DemoDataset(args.dir), args.out, fps=args.fps, crf=args.crf)
+    print(f"{out}: LeRobot v3.0 dataset")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m envs", description="Razor's tasks, demos and datasets.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +112,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="first reset seed")
     p.add_argument("--image-size", type=int, default=64, help="square image size in pixels")
     p.set_defaults(run=cmd_expert)
+
+    p = commands.add_parser("export-lerobot", help="write a demo dataset as a LeRobot v3 dataset (parquet + mp4)")
+    p.add_argument("dir", help="demo dataset directory (python -m envs demos ...)")
+    p.add_argument("out", help="new directory for the LeRobot dataset")
+    p.add_argument("--fps", type=int, default=10, help="frame rate recorded in the dataset and its video")
+    p.add_argument("--crf", type=int, default=18, help="h264 quality (0: lossless luma, larger: smaller files)")
+    p.set_defaults(run=cmd_export_lerobot)
 
     args = parser.parse_args(argv)
     args.run(args)

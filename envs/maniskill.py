@@ -103,6 +103,28 @@ DEFAULT_ASSET_DIR = Path(__file__).resolve().parents[1] / ".cache" / "maniskill"
 
 PANDA_TRANSLATION_SCALE = 0.1
 """Metres per step for a Panda translation action of 1.0 (pd_ee_delta_pose's bound)."""
+def controller_to_action(actions: np.ndarray, control_mode: str) -> np.ndarray:
+    """Controller actions [N, 7] (as ManiSkill trajectories store them) -> contract actions [N, 7]: the inverse of
+    panda_action_to_controller (pd_ee_delta_pose) and widowx_action_to_controller (Bridge's control mode)."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.ndim != 2 or actions.shape[1] != 7:
+        raise ValueError(f"expected [N, 7] controller actions, got shape {actions.shape}")
+    if control_mode == PANDA.control_mode:
+        controller_angles = PANDA_ROTATION_SIGN * actions[:, 3:6] * PANDA_ROTATION_SCALE
+        euler = rotations.matrix_to_euler(rotations.euler_to_matrix(controller_angles, "XYZ"), "xyz")
+        rotation, gripper = euler / PANDA_ROTATION_SCALE, (actions[:, GRIPPER:] + 1.0) / 2.0
+    elif control_mode == WIDOWX.control_mode:
+        rotation = rotations.axis_angle_to_euler(actions[:, 3:6], "xyz")
+        gripper = (actions[:, GRIPPER:] > 0).astype(np.float64)
+    else:
+        raise ValueError(
+            f"control mode {control_mode!r} has no conversion to Razor's actions; convert the trajectories first: "
+            f"python -m mani_skill.trajectory.replay_trajectory --traj-path FILE.h5 --target-control-mode "
+            f"{PANDA.control_mode} --obs-mode rgb --save-traj"
+        )
+    return np.concatenate([actions[:, :3], rotation, gripper], axis=1).astype(np.float32)
+
+
 PANDA_ROTATION_SCALE = 0.1
 """Radians per step for a Panda rotation action of 1.0 (pd_ee_delta_pose's bound)."""
 PANDA_ROTATION_SIGN = -1.0

@@ -23,9 +23,16 @@ Meta-World [dx, dy, dz, grab_effort].
   - gripper openness o in [0, 1] (1 = open) -> grab_effort = 1 - 2 o in [-1, 1] (+1 squeezes the fingers shut).
   `from_metaworld_action` is the inverse, used to record Meta-World's experts in the contract's convention.
 
-Images (`MetaWorldEnv._render`): the `camera` (default "corner") rendered at `image_size` with MSAA and shadows off
-(about 2x faster, facts in shared/notes). Meta-World's corner cameras are mounted upside down (their image-up axis
-points below the horizon); their images are rotated by 180 degrees, which gives the upright, unmirrored view.
+Images (`MetaWorldEnv._render`): the `camera` (default "corner") rendered at `image_size` with MSAA, shadows and
+reflections off, into an off-screen buffer of the image's size. MSAA and shadows off: about 2x faster (facts in
+shared/notes). Without reflections (reflections=False, the default since RENDER_VERSION 2) MuJoCo skips the floor's
+mirror pass, a second pass over the scene: ~35% less CPU per frame at 64 px, and a few pixels of the floor change
+(0.15% of a 64 px corner image); reflections=True gives the images of RENDER_VERSION 1. A buffer of the image's size
+instead of MuJoCo's default 640x480 gives the same pixels for ~4% less CPU. Measured by
+`python -m scripts.bench_envs --frame`. RENDER_VERSION (every task's TaskSpec.render_version) is bumped whenever a
+default changes the images: it is part of the demo cache key, so a pi0 is never trained on other images than the
+ones it is evaluated on. Meta-World's corner cameras are mounted upside down (their image-up axis points below the
+horizon); their images are rotated by 180 degrees, which gives the upright, unmirrored view.
 
 State: float32 [4] = hand position (x, y, z in metres) and the fingers' opening in [0, 1] (1 = open).
 
@@ -49,6 +56,8 @@ from envs.registry import GRIPPER, TaskSpec, action_space, check_action, image_h
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 SUITE = "metaworld"
+RENDER_VERSION = 2
+"""Version of the default images (see the module docstring); part of the demo cache key (eval/experiment.py)."""
 META_WORLD_ACTION_SCALE = 0.01
 """Metres the hand target moves per step for an xyz action of 1.0 (Meta-World's `action_scale`)."""
 
@@ -140,6 +149,7 @@ class MetaWorldEnv(gym.Env):
         terminate_on_success: bool = True,
         max_episode_steps: int | None = None,
         render_mode: str | None = "rgb_array",
+        reflections: bool = False,
     ):
         if task not in TASKS:
             raise ValueError(f"unknown Meta-World task {task!r}; known: {', '.join(TASKS)}")
@@ -166,11 +176,13 @@ class MetaWorldEnv(gym.Env):
         sim._partially_observable = False
         del sim.sawyer_observation_space  # a cached property that depends on _partially_observable
         sim.max_path_length = self.max_episode_steps
-        # Rendering settings, read when the renderer is first created: no MSAA, no shadows, a big enough buffer.
+        # Rendering settings, read when the renderer is first created: no MSAA, no shadows, a buffer of the image's
+        # size; without reflections no material mirrors the scene (MuJoCo then skips the reflection pass).
         sim.model.vis.quality.offsamples = 0
         sim.model.light_castshadow[:] = 0
-        sim.model.vis.global_.offwidth = max(width, sim.model.vis.global_.offwidth)
-        sim.model.vis.global_.offheight = max(height, sim.model.vis.global_.offheight)
+        sim.model.vis.global_.offwidth, sim.model.vis.global_.offheight = width, height
+        if not reflections:
+            sim.model.mat_reflectance[:] = 0
         self.sim = sim
         self._rotate_180 = self._camera_is_upside_down(camera)
 
@@ -185,7 +197,7 @@ class MetaWorldEnv(gym.Env):
             disable_env_checker=True,
             kwargs=dict(
                 image_size=image_size, camera=camera, reward=reward, terminate_on_success=terminate_on_success,
-                max_episode_steps=max_episode_steps, render_mode=render_mode,
+                max_episode_steps=max_episode_steps, render_mode=render_mode, reflections=reflections,
             ),
         )  # fmt: skip
         self.sim_obs: np.ndarray | None = None
@@ -220,6 +232,8 @@ class MetaWorldEnv(gym.Env):
         return self._observation(sim_obs), {"success": False}
 
     def step(self, action):
+        if self.sim_obs is None:
+            raise RuntimeError(f"{SUITE}/{self.task}: call reset() before step() (gymnasium's env contract)")
         action = check_action(action)
         sim_obs, sim_reward, _, _, sim_info = self.sim.step(to_metaworld_action(action))
         self._elapsed_steps += 1
@@ -270,5 +284,6 @@ for _task, (_instruction, _horizon) in TASKS.items():
             factory=functools.partial(MetaWorldEnv, _task),
             backend_env_id=f"{_task}-v3",
             expert_factory=functools.partial(MetaWorldExpert, _task),
+            render_version=RENDER_VERSION,
         )
     )

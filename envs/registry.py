@@ -55,6 +55,9 @@ class TaskSpec:
     vec_factory: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
     """Optional native (e.g. GPU-batched) vector env: vec_factory(num_envs=, seed=, **options) -> a vector env with
     the batched contract of envs.vector, or None when it cannot run here (then make_vec uses process workers)."""
+    render_version: int = 1
+    """Version of the task's default images: bumped when a change of default render settings changes what the
+    policy sees, so that stored images (demo caches, a pi0 trained on them) are not mixed with new ones."""
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -83,6 +86,13 @@ def list_tasks(suite: str | None = None, backend: str | None = None) -> list[Tas
     return [s for s in specs if (suite is None or s.suite == suite) and (backend is None or s.backend == backend)]
 
 
+class UnknownTaskError(KeyError):
+    """A task id that is not registered (the message lists close matches)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 def get_spec(task_id: str) -> TaskSpec:
     _load_backends()
     try:
@@ -90,7 +100,7 @@ def get_spec(task_id: str) -> TaskSpec:
     except KeyError:
         close = difflib.get_close_matches(task_id, list(_REGISTRY), n=5, cutoff=0.4)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(
+        raise UnknownTaskError(
             f"unknown task id {task_id!r}.{hint} Run `python -m envs list` for all {len(_REGISTRY)} tasks."
         ) from None
 

@@ -24,6 +24,14 @@ action) is re-raised in the caller and the env stays usable. A worker that dies 
 a fresh env: the step reports its episode as truncated with success False and info["worker_restarted"] True,
 info["final_obs"] being the last observation seen from it; the new env is seeded with seed + i + N * restarts.
 
+Per-env calls (ProcessVectorEnv only), for callers that schedule envs themselves (eval/suite.py refills an env
+whose episode ended with the next episode's seed, and steps one half of the envs while it computes the other half's
+actions): `send_resets(indices, seeds)` and `send_steps(indices, actions, autoreset=...)` start commands on those
+envs' workers without waiting, `recv(indices)` waits for their answers, one per env in order: (obs, info) for a
+reset, (obs, reward, terminated, truncated, info) unbatched for a step. With autoreset=False an ended episode is not
+reset (obs is its last observation) and the caller resets it with the seed it wants. A worker that died is restarted
+as above: a step reports its episode truncated (obs = the last one seen), a reset is repeated on the new env.
+
 Native vectorization: a backend may give its TaskSpec a `vec_factory` (e.g. ManiSkill3's GPU-batched envs). With
 native=None (default) make_vec uses it when it returns an env for these arguments, native=True requires it,
 native=False always uses process workers. A native vector env must follow the batched contract above.
@@ -84,6 +92,8 @@ def _step_autoreset(env: gym.Env, action: np.ndarray) -> tuple:
 def _handle(env: gym.Env, command: str, payload: Any) -> Any:
     if command == "step":
         return _step_autoreset(env, payload)
+    if command == "step_no_autoreset":
+        return env.step(payload)
     if command == "reset":
         return env.reset(seed=payload)
     raise ValueError(f"unknown vector-env command {command!r}")
@@ -220,6 +230,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         self._started = False  # the first reset() without a seed still seeds env i with seed + i
         self._restarts = [0] * num_envs
         self._last_obs: list[dict | None] = [None] * num_envs
+        self._pending: list[tuple[str, int | None] | None] = [None] * num_envs  # each worker's unanswered command
         if in_process is None:
             in_process = num_envs == 1
         if in_process:
@@ -259,62 +270,87 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
             if seed is not None or not self._started:
                 seeds = [self._base_seed + i for i in range(self.num_envs)]
         self._started = True
-        for worker, env_seed in zip(self.workers, seeds):
-            worker.send("reset", env_seed)
-        results = self._gather(lambda i: (self._restart(i), {"worker_restarted": True}))
-        observations = [obs for obs, _ in results]
+        everyone = range(self.num_envs)
+        self.send_resets(everyone, seeds)
+        results = self.recv(everyone)
         info: dict[str, Any] = {}
         for i, (_, env_info) in enumerate(results):
             info = self._add_info(info, env_info, i)
-        self._last_obs = observations
-        return _stack_obs(observations), info
+        return _stack_obs([obs for obs, _ in results]), info
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != (self.num_envs, ACTION_DIM):
             raise ValueError(f"actions must have shape ({self.num_envs}, {ACTION_DIM}), got {actions.shape}")
-        for worker, action in zip(self.workers, actions):
-            worker.send("step", action)
-        results = self._gather(self._crashed_step)
-        observations = [result[0] for result in results]
+        everyone = range(self.num_envs)
+        self.send_steps(everyone, actions)
+        results = self.recv(everyone)
         info: dict[str, Any] = {}
         for i, result in enumerate(results):
             info = self._add_info(info, result[4], i)
-        self._last_obs = observations
         rewards = np.array([result[1] for result in results], np.float32)
         terminated = np.array([result[2] for result in results], bool)
         truncated = np.array([result[3] for result in results], bool)
-        return _stack_obs(observations), rewards, terminated, truncated, info
+        return _stack_obs([result[0] for result in results]), rewards, terminated, truncated, info
 
-    def _gather(self, on_crash) -> list[Any]:
-        """Receive every worker's answer (all of them, to keep the pipes in step), then raise the first error."""
+    # ---- per-env calls (see the module docstring) ----
+
+    def send_resets(self, indices: Sequence[int], seeds: Sequence[int | None]) -> None:
+        """Start resetting env indices[k] with seeds[k] (None: continue its RNG stream); answers come from recv."""
+        for i, seed in zip(indices, seeds, strict=True):
+            self.workers[i].send("reset", seed)
+            self._pending[i] = ("reset", seed)
+
+    def send_steps(self, indices: Sequence[int], actions: np.ndarray, autoreset: bool = True) -> None:
+        """Start stepping env indices[k] with actions[k] (float32 [len(indices), 7]); answers come from recv."""
+        command = "step" if autoreset else "step_no_autoreset"
+        for i, action in zip(indices, np.asarray(actions, dtype=np.float32), strict=True):
+            self.workers[i].send(command, action)
+            self._pending[i] = (command, None)
+
+    def recv(self, indices: Sequence[int]) -> list[tuple]:
+        """Wait for the answers of envs `indices` (every one of them, to keep the pipes in step), then raise the
+        first error. A reset answers (obs, info), a step (obs, reward, terminated, truncated, info)."""
         results, first_error = [], None
-        for i, worker in enumerate(self.workers):
+        for i in indices:
+            command, seed = self._pending[i]
+            self._pending[i] = None
             try:
-                results.append(worker.recv())
+                result = self.workers[i].recv()
             except WorkerCrashed:
-                results.append(on_crash(i))
+                result = self._crashed_reset(i, seed) if command == "reset" else self._crashed_step(i, command)
             except Exception as error:
-                results.append(None)
-                first_error = first_error or error
+                result, first_error = None, first_error or error
+            if result is not None:
+                self._last_obs[i] = result[0]
+            results.append(result)
         if first_error is not None:
             raise first_error
         return results
 
-    def _restart(self, i: int) -> dict:
-        """Restart worker i with a fresh env and reset it; returns its first observation."""
+    def _restart(self, i: int, seed: int | None) -> dict:
+        """Restart worker i with a fresh env and reset it (seed None: seed + i + N * restarts); returns its first
+        observation."""
         self._restarts[i] += 1
         worker = self.workers[i]
         worker.restart()
-        worker.send("reset", self._base_seed + i + self.num_envs * self._restarts[i])
+        worker.send("reset", self._base_seed + i + self.num_envs * self._restarts[i] if seed is None else seed)
         obs, _ = worker.recv()
         return obs
 
-    def _crashed_step(self, i: int) -> tuple:
-        """The step result reported for an env whose worker died mid-episode: truncated, failed, restarted."""
+    def _crashed_reset(self, i: int, seed: int | None) -> tuple:
+        """The reset result reported for an env whose worker died: the same reset on a fresh env."""
+        return self._restart(i, seed), {"worker_restarted": True}
+
+    def _crashed_step(self, i: int, command: str) -> tuple:
+        """The step result reported for an env whose worker died mid-episode: truncated, failed, restarted (with
+        autoreset, obs is the new env's first observation; without, the last one seen)."""
         final_info = {"success": False, "worker_restarted": True}
+        first_obs = self._restart(i, None)
+        if command == "step_no_autoreset":
+            return self._last_obs[i], 0.0, False, True, final_info
         info = {**final_info, "final_obs": self._last_obs[i], "final_info": final_info}
-        return self._restart(i), 0.0, False, True, info
+        return first_obs, 0.0, False, True, info
 
     def close_extras(self, **kwargs: Any) -> None:
         for worker in getattr(self, "workers", []):

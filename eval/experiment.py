@@ -2,7 +2,8 @@
 
 Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skips it, see eval/stages.py):
   demos_<task>     scripted expert demos (envs/demos.py) for each prior task and the new task, in a cache shared by
-                   experiments (<cache_dir>/demos/<task>_px<image>_n<N>_s<seed>; generate_demos resumes itself)
+                   experiments (<cache_dir>/demos/<task>_px<image>_r<render version>_n<N>_s<seed>; generate_demos
+                   resumes itself)
   pi0              the base policy: behaviour cloning of a random-init preset on the prior tasks' demos plus
                    `pi0_new_task_demos` demos of the new task (so that pi0 has partial new-task success)
                    (eval/pretrain.py), cached in <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips
@@ -40,8 +41,11 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from eval.stages import EXPERIMENT_FILE, ProcessLauncher, RayLauncher, Stage, StageRunner, run_graph
+from rollouts.config import ConfigError
+from rollouts.tracking import WandbMode
 
-RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "workers", "ray", "stage_gpus")
+RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "workers", "ray", "stage_gpus", "wandb",
+             "wandb_project", "wandb_entity", "wandb_mode")
 
 
 @dataclass
@@ -161,27 +165,35 @@ class ExperimentConfig:
     ray://...) joins a cluster (the run and cache directories must then be on storage every node sees)."""
     stage_gpus: float = 0.0
     """GPUs each model stage (pi0, KL, training, evaluation) asks Ray for (1 for the 7B on one GPU each)."""
+    wandb: bool = False
+    """Log every training run to Weights & Biases too, grouped under the run directory's name (rollouts/tracking.py)."""
+    wandb_project: str = "razor"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team; None: your default)."""
+    wandb_mode: WandbMode = "auto"
+    """online, offline (files for `wandb sync`), or auto: WANDB_MODE if set, else online when logged in."""
 
     def __post_init__(self):
         self.prior_tasks, self.methods = tuple(self.prior_tasks), tuple(self.methods)
         self.ppo_lrs, self.sft_lrs = tuple(self.ppo_lrs), tuple(self.sft_lrs)
         if not self.prior_tasks:
-            raise ValueError("prior_tasks must list at least one task")
+            raise ConfigError("prior_tasks must list at least one task")
         if self.new_task in self.prior_tasks:
-            raise ValueError(f"new_task {self.new_task!r} is also a prior task")
+            raise ConfigError(f"new_task {self.new_task!r} is also a prior task")
         unknown = set(self.methods) - {"ppo", "sft"}
         if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from ppo, sft")
+            raise ConfigError(f"unknown methods {sorted(unknown)}; choose from ppo, sft")
         if self.checkpoint_every < 1 or self.updates < self.checkpoint_every:
-            raise ValueError("need 1 <= checkpoint_every <= updates")
+            raise ConfigError("need 1 <= checkpoint_every <= updates")
         if not 1 <= (self.sft_checkpoint_every or self.checkpoint_every) <= (self.sft_updates or self.updates):
-            raise ValueError("need 1 <= sft_checkpoint_every <= sft_updates")
+            raise ConfigError("need 1 <= sft_checkpoint_every <= sft_updates")
         if self.warmup and min(self.warmup_steps, self.warmup_batch_size, self.warmup_demos_per_task) < 1:
-            raise ValueError("warm-up needs warmup_steps, warmup_batch_size and warmup_demos_per_task >= 1")
+            raise ConfigError("warm-up needs warmup_steps, warmup_batch_size and warmup_demos_per_task >= 1")
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if (self.ppo_num_envs * self.ppo_num_steps) % self.ppo_minibatches:
-            raise ValueError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
+            raise ConfigError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -211,31 +223,31 @@ class Experiment:
         self.cfg, self.log = cfg, log
         self.dir = Path(cfg.run_dir)
         self.cache = Path(cfg.cache_dir)
+        self._check_tasks()  # before the run directory is touched: a failed check leaves nothing behind
         self.stages = StageRunner(self.dir, cfg.to_dict(), ignore_keys=RESUMABLE, log=log)
-        self._check_tasks()
 
     # ---- set-up checks ----
     def _check_tasks(self) -> None:
         import envs
 
         if not self.cfg.pretrained_model and self.cfg.model not in ("tiny", "small"):
-            raise ValueError(f"model {self.cfg.model!r}: give a vla preset (tiny, small) or an existing checkpoint "
+            raise ConfigError(f"model {self.cfg.model!r}: give a vla preset (tiny, small) or an existing checkpoint "
                              "directory (for the openvla-7b preset: --model /path/to/openvla-7b)")
         for t in (*self.cfg.prior_tasks, self.cfg.new_task):
             envs.get_spec(t)  # unknown ids: KeyError with close matches
         if not self.cfg.pretrained_model or self.cfg.warmup:
             missing = [t for t in self.cfg.prior_tasks if envs.get_spec(t).expert_factory is None]
             if missing:
-                raise ValueError(f"pi0 is trained or warmed up on expert demos, but {missing} have no scripted expert")
+                raise ConfigError(f"pi0 is trained or warmed up on expert demos, but {missing} have no scripted expert")
         new_task_expert = envs.get_spec(self.cfg.new_task).expert_factory
         if self.cfg.warmup and self.cfg.warmup_new_task_demos and new_task_expert is None:
-            raise ValueError(f"the warm-up mixes in demos of {self.cfg.new_task!r}, which has no scripted expert: "
-                             "set --warmup-new-task-demos 0")
+            raise ConfigError(f"the warm-up mixes in demos of {self.cfg.new_task!r}, which has no scripted expert: "
+                              "set --warmup-new-task-demos 0")
         if ("sft" in self.cfg.methods or self.cfg.warmup) and importlib.util.find_spec("rollouts.sft") is None:
-            raise ValueError("method sft and the warm-up need rollouts/sft.py, which this checkout lacks")
+            raise ConfigError("method sft and the warm-up need rollouts/sft.py, which this checkout lacks")
         if "sft" in self.cfg.methods and self.cfg.sft_demo_dir is None \
                 and envs.get_spec(self.cfg.new_task).expert_factory is None:
-            raise ValueError(f"SFT needs demos of {self.cfg.new_task!r}, which has no scripted expert: give "
+            raise ConfigError(f"SFT needs demos of {self.cfg.new_task!r}, which has no scripted expert: give "
                              "--sft-demo-dir or drop sft from --methods")
 
     @property
@@ -248,10 +260,13 @@ class Experiment:
         return f"demos_{_slug(task)}_n{n}"
 
     def demos(self, task: str, n: int) -> str:
+        from envs import get_spec
         from envs.demos import generate_demos
 
+        # the render version keeps demos (and the pi0 trained on them) apart when a task's default images change
+        render = get_spec(task).render_version
         extra = f"_{_hash(self.cfg.env_kwargs)}" if self.cfg.env_kwargs else ""
-        path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}{extra}_n{n}_s{self.cfg.seed}"
+        path = self.cache / "demos" / f"{_slug(task)}_px{self.cfg.image_size}{extra}_r{render}_n{n}_s{self.cfg.seed}"
 
         def run():
             ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options,
@@ -357,7 +372,7 @@ class Experiment:
             policy = load_policy(pi0, n_action_bins=self.cfg.n_action_bins)
             rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out, unnorm_key=self.cfg.unnorm_key,
                                       num_envs=self.cfg.eval_num_envs, videos_per_task=self.cfg.videos_per_task,
-                                      overwrite=True, run="base", method="base", step=0, checkpoint=pi0,
+                                      progress=self.cfg.progress, overwrite=True, run="base", method="base", step=0, checkpoint=pi0,
                                       kl={"kl_forward": 0.0, "kl_reverse": 0.0, "kl_reverse_is": 0.0, "tv": 0.0})
             return {"path": str(out), "rates": rec.rates()}
 
@@ -385,7 +400,9 @@ class Experiment:
                           lora_alpha=cfg.lora_alpha, unnorm_key=cfg.unnorm_key, learning_rate=lr, seed=cfg.seed,
                           run_dir=str(run_dir), resume=(run_dir / "config.json").exists(),
                           checkpoint_every=every, keep_checkpoints=10_000, callback_every=every,
-                          progress=cfg.progress, torch_threads=cfg.num_threads)
+                          progress=cfg.progress, torch_threads=cfg.num_threads, wandb=cfg.wandb,
+                          wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
+                          wandb_group=self.dir.resolve().name, wandb_mode=cfg.wandb_mode)
             t0 = time.perf_counter()
             if method == "ppo":
                 from rollouts.ppo import PPOConfig, train
@@ -441,6 +458,7 @@ class Experiment:
                                       kl_base=load_base_samples(self.kl_base_path(pi0)),
                                       unnorm_key=self.cfg.unnorm_key, num_envs=self.cfg.eval_num_envs,
                                       videos_per_task=self.cfg.videos_per_task if last else 0, overwrite=True,
+                                      progress=self.cfg.progress,
                                       run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
             return {"path": str(out), "new_success": rec.tasks[self.cfg.new_task]["rate"],
                     "avg_forgetting": (rec.comparison or {}).get("avg_forgetting"),

@@ -9,8 +9,10 @@ A whole experiment is a graph of `Stage`s (what each waits for: finished stages,
 inline run does, so resuming works the same in all three modes; a failed stage keeps its log (<run_dir>/logs/)
 and only the stages that depend on it are skipped.
 
-Layout: <run_dir>/experiment.json holds the config that made the directory; <run_dir>/stages/<name>.json is written
-(atomically) when a stage finishes, with its wall time and its JSON result; <run_dir>/timings.json sums them up.
+Layout: <run_dir>/experiment.json holds the config that made the directory, written when its first stage starts
+(a start that fails its checks claims nothing; while no stage has finished, a rerun may change the config);
+<run_dir>/stages/<name>.json is written (atomically) when a stage finishes, with its wall time and its JSON
+result; <run_dir>/timings.json sums them up.
 A stage that was interrupted has no record and is run again; stage functions should themselves resume partial work
 (training resumes from its last checkpoint) or overwrite their partial outputs.
 """
@@ -25,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
+
+from rollouts.config import check_writable_dir
 
 EXPERIMENT_FILE = "experiment.json"
 STAGES_DIR = "stages"
@@ -54,10 +58,11 @@ class StageRunner:
         """`config` must be JSON-serialisable; keys in `ignore_keys` may differ on a rerun (e.g. progress bars)."""
         self.dir = Path(run_dir)
         self.log = log
-        self.dir.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(self.dir)
         path = self.dir / EXPERIMENT_FILE
-        now = _normal(config)
-        if path.exists():
+        now = self.config = _normal(config)
+        self._claimed = False
+        if path.exists() and (self.dir / STAGES_DIR).is_dir() and any((self.dir / STAGES_DIR).glob("*.json")):
             saved = json.loads(path.read_text())
             diffs = [f"{k}: saved {saved.get(k, '<missing>')!r} != now {now.get(k, '<missing>')!r}"
                      for k in sorted(set(saved) | set(now))
@@ -66,11 +71,10 @@ class StageRunner:
                 raise ExperimentMismatch(
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
                     "Rerun with the same settings to resume it, or choose another --run-dir.")
-        elif any(self.dir.iterdir()):
+            self._claimed = True
+        elif not path.exists() and self.dir.is_dir() and any(self.dir.iterdir()):
             raise ExperimentMismatch(f"{self.dir} is not empty and has no {EXPERIMENT_FILE}: not an experiment "
                                      "directory of this tool; choose another --run-dir")
-        else:
-            write_json_atomic(path, now)
 
     def done(self, name: str) -> bool:
         return (self.dir / STAGES_DIR / f"{name}.json").exists()
@@ -86,6 +90,7 @@ class StageRunner:
         if record.exists():
             self.log(f"[stage] {name}: done before, skipped")
             return self.result(name)
+        self.claim()
         self.log(f"[stage] {name} ...")
         t0 = time.perf_counter()
         result = _normal(fn())
@@ -95,6 +100,12 @@ class StageRunner:
         self.log(f"[stage] {name}: {seconds:.1f}s")
         self._write_timings()
         return result
+
+    def claim(self) -> None:
+        """Write the directory's config (once a stage is about to start; stages in other processes read it)."""
+        if not self._claimed:
+            write_json_atomic(self.dir / EXPERIMENT_FILE, self.config)
+            self._claimed = True
 
     def timings(self) -> dict[str, float]:
         """{stage: seconds} of the finished stages, in the order they finished."""
@@ -256,6 +267,7 @@ def run_graph(stages: list[Stage], runner: StageRunner, launcher: Launcher | Non
         for stage in stages:
             stage.fn()
         return
+    runner.claim()
     logs = runner.dir / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
     done = {s.name for s in stages if runner.done(s.name)}

@@ -14,9 +14,14 @@ per task by default, the minimum SimplerEnv's maintainers ask for) and "toy"; cu
       - metaworld/reach
       - {id: metaworld/push, episodes: 100}
 
-`evaluate(actor, suite)` runs it with vector envs, waves of `num_envs` seeded episodes at a time (episodes that end
-early are masked until the wave ends, so every episode's seed is known), and returns per task the success count,
-the rate with its Wilson 95% interval, the mean episode length and the seeds. An episode succeeds if
+`evaluate(actor, suite)` runs it on `num_envs` envs of a vector env and returns per task the success count, the
+rate with its Wilson 95% interval, the mean episode length and the seeds. Episode k of a task always starts from
+reset(seed=seeds[k]) and its result is recorded as episode k, whichever env runs it, so results do not depend on
+`num_envs` (for an actor whose actions do not depend on the batch). With process workers (envs/vector.py) the envs
+are kept busy: an env whose episode ended is reset with the next episode's seed at once, envs with nothing left to
+run are not stepped, and (overlap=True) one half of the envs steps while the actor computes the other half's
+actions. A native vector env, which steps all its envs together, runs waves of `num_envs` episodes instead
+(episodes that end early are masked until the wave ends). An episode succeeds if
 `info["success"]` was true at any step (success_once). Videos of the first `videos_per_task` episodes of each task
 are written when `video_dir` is given.
 
@@ -44,6 +49,11 @@ from eval.stats import Rate, compare
 ACTION_DIM = 7
 DEFAULT_EPISODES = 75  # SimplerEnv's maintainers ask for at least 75 trials per task
 BUILTIN_SUITES = ("metaworld", "metaworld-mt50", "maniskill-panda", "simpler-bridge", "toy")
+
+
+class OutputExistsError(FileExistsError):
+    """An evaluation's output exists already and overwriting was not asked for."""
+
 
 Actor = Callable[[np.ndarray, list], np.ndarray]
 
@@ -221,9 +231,14 @@ def _step_success(info: dict, done: np.ndarray, n: int) -> np.ndarray:
 
 def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4, env_options: dict | None = None,
              max_steps: int | None = None, video_dir: str | Path | None = None, videos: int = 0,
-             video_fps: int = 10) -> TaskResult:
-    """Run one episode per seed of `task_id` with `actor`, `num_envs` at a time (see the module docstring)."""
+             video_fps: int = 10, overlap: bool = True, progress: bool = False) -> TaskResult:
+    """Run one episode per seed of `task_id` with `actor` on `num_envs` envs (see the module docstring).
+    overlap: step one half of the envs while the actor computes the other half's actions (process workers only).
+    progress: a bar of finished episodes with ETA."""
+    from tqdm import tqdm
+
     import envs
+    from envs.vector import ProcessVectorEnv
 
     spec = envs.get_spec(task_id)
     horizon = int(max_steps or spec.max_episode_steps)
@@ -231,55 +246,150 @@ def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError(f"no seeds given for {task_id!r}")
-    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise ValueError("seeds must be consecutive integers (a vector env seeds env i with seed + i)")
     n_env = max(1, min(num_envs, len(seeds)))
     venv = _make_vec(task_id, n_env, seeds[0], env_options)
     shape = tuple(venv.single_action_space.shape)
     if shape != (ACTION_DIM,):
         venv.close()
         raise ValueError(f"task {task_id!r} takes actions of shape {shape}, the policy emits ({ACTION_DIM},)")
+    recorder = _Videos(task_id, seeds, videos if video_dir else 0, video_dir, video_fps)
     t0 = time.perf_counter()
-    ep_success, ep_len = [], []
+    bar = tqdm(total=len(seeds), desc=task_id, unit="episode", disable=not progress, dynamic_ncols=True)
     try:
-        for w in range(0, len(seeds), n_env):
-            wave = list(seeds[w : w + n_env])
-            obs, _ = venv.reset(seed=wave[0])  # env i gets seed wave[0] + i; in the last wave extra envs are ignored
-            alive = np.arange(n_env) < len(wave)
-            success = np.zeros(n_env, bool)
-            length = np.zeros(n_env, int)
-            record = [bool(video_dir) and w + i < videos and i < len(wave) for i in range(n_env)]
-            instr = _instructions(obs, n_env)
-            frames: list[list[np.ndarray]] = [[_frame(obs["image"][i], instr[i], 0, False)] if record[i] else []
-                                              for i in range(n_env)]
-            for t in range(horizon):
-                if not alive.any():
-                    break
-                images = np.asarray(obs["image"])
-                actions = np.asarray(actor(images, _instructions(obs, n_env)), dtype=np.float32)
-                if actions.shape != (n_env, ACTION_DIM):
-                    raise ValueError(f"actor returned actions of shape {actions.shape}, expected ({n_env}, {ACTION_DIM})")
-                obs, _, term, trunc, info = venv.step(actions)
-                done = np.asarray(term, bool) | np.asarray(trunc, bool)
-                step_succ = _step_success(info, done, n_env)
-                for i in range(n_env):
-                    if record[i] and alive[i]:
-                        last = info["final_obs"][i] if done[i] and "final_obs" in info else None
-                        image = last["image"] if last is not None else obs["image"][i]
-                        frames[i].append(_frame(image, instr[i], t + 1, bool(success[i] or step_succ[i])))
-                success |= step_succ & alive
-                length += alive
-                alive &= ~done
-            for i in range(len(wave)):
-                ep_success.append(bool(success[i]))
-                ep_len.append(int(length[i]))
-                if record[i]:
-                    write_video(frames[i], Path(video_dir) / f"{task_id.replace('/', '__')}_seed{wave[i]}_ep{w + i}.mp4",
-                                fps=video_fps)
+        if isinstance(venv, ProcessVectorEnv):
+            groups = 2 if overlap and n_env >= 2 else 1
+            ep_success, ep_len = _run_refilled(actor, venv, seeds, horizon, recorder, groups, bar.update)
+        else:
+            ep_success, ep_len = _run_waves(actor, venv, seeds, horizon, recorder, bar.update)
     finally:
+        bar.close()
         venv.close()
     return TaskResult(task_id, int(sum(ep_success)), len(ep_success), float(np.mean(ep_len)) if ep_len else math.nan,
                       list(seeds), ep_success, ep_len, time.perf_counter() - t0)
+
+
+def _actions(actor: Actor, images: np.ndarray, instructions: list[str]) -> np.ndarray:
+    actions = np.asarray(actor(images, instructions), dtype=np.float32)
+    if actions.shape != (len(images), ACTION_DIM):
+        raise ValueError(f"actor returned actions of shape {actions.shape}, expected ({len(images)}, {ACTION_DIM})")
+    return actions
+
+
+def _run_refilled(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos", groups: int,
+                  episode_ended: Callable[[], object]) -> tuple[list[bool], list[int]]:
+    """Episode k runs from reset(seed=seeds[k]) on whichever env is free: an env whose episode ended is reset with
+    the next episode's seed at once, and envs with no episode left are not stepped. With groups=2 the envs form
+    two halves stepped alternately: while one half's workers step, the actor computes the other half's actions.
+    Returns per episode (success_once, length)."""
+    n_env = venv.num_envs
+    success, length = [False] * len(seeds), [0] * len(seeds)
+    episode_of: list[int | None] = [None] * n_env  # the episode each env is running
+    obs_of: list[dict | None] = [None] * n_env
+    next_episode = 0
+
+    def start(indices: list[int]) -> None:
+        """Reset `indices` with the next episodes' seeds (envs left over when none remain go idle)."""
+        nonlocal next_episode
+        take = indices[: len(seeds) - next_episode]
+        for i in take:
+            episode_of[i], next_episode = next_episode, next_episode + 1
+        venv.send_resets(take, [seeds[episode_of[i]] for i in take])
+        for i, (obs, _) in zip(take, venv.recv(take)):
+            obs_of[i] = obs
+            recorder.start(episode_of[i], obs)
+
+    def act(half: list[int]) -> list[int]:
+        """Send the actor's actions to the running envs of `half`; returns the envs stepped."""
+        running = [i for i in half if episode_of[i] is not None]
+        if running:
+            images = np.stack([obs_of[i]["image"] for i in running])
+            actions = _actions(actor, images, [str(obs_of[i]["instruction"]) for i in running])
+            venv.send_steps(running, actions, autoreset=False)
+        return running
+
+    def finish(stepped: list[int]) -> None:
+        """Record the step results of `stepped`; refill the envs whose episode ended."""
+        ended = []
+        for i, (obs, _, terminated, truncated, info) in zip(stepped, venv.recv(stepped)):
+            k = episode_of[i]
+            length[k] += 1
+            success[k] |= bool(info.get("success", False))
+            obs_of[i] = obs
+            recorder.add(k, obs, length[k], success[k])
+            if terminated or truncated or length[k] >= horizon:
+                recorder.finish(k)
+                episode_ended()
+                episode_of[i] = None
+                ended.append(i)
+        start(ended)
+
+    halves = [list(range(n_env))[g::groups] for g in range(groups)]
+    start(list(range(n_env)))
+    stepped = [act(half) for half in halves]
+    while any(stepped):
+        for g, half in enumerate(halves):
+            finish(stepped[g])
+            stepped[g] = act(half)
+    return success, length
+
+
+def _run_waves(actor: Actor, venv, seeds: list[int], horizon: int, recorder: "_Videos",
+               episode_ended: Callable[[], object]) -> tuple[list[bool], list[int]]:
+    """For native vector envs (one batched simulator, e.g. ManiSkill3 on a GPU), which step all envs together:
+    waves of num_envs episodes, episodes that end early masked until the wave ends. Returns per episode
+    (success_once, length)."""
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ValueError("seeds must be consecutive integers (a native vector env seeds env i with seed + i)")
+    n_env = venv.num_envs
+    ep_success, ep_len = [], []
+    for w in range(0, len(seeds), n_env):
+        wave = list(seeds[w : w + n_env])
+        obs, _ = venv.reset(seed=wave[0])  # env i gets seed wave[0] + i; in the last wave extra envs are ignored
+        alive = np.arange(n_env) < len(wave)
+        success = np.zeros(n_env, bool)
+        length = np.zeros(n_env, int)
+        instructions = _instructions(obs, n_env)
+        for i in range(len(wave)):
+            recorder.start(w + i, {"image": obs["image"][i], "instruction": instructions[i]})
+        for _ in range(horizon):
+            if not alive.any():
+                break
+            obs, _, term, trunc, info = venv.step(_actions(actor, np.asarray(obs["image"]), _instructions(obs, n_env)))
+            done = np.asarray(term, bool) | np.asarray(trunc, bool)
+            success |= _step_success(info, done, n_env) & alive
+            length += alive
+            for i in np.flatnonzero(alive):
+                last = info["final_obs"][i] if done[i] and "final_obs" in info else None
+                image = last["image"] if last is not None else obs["image"][i]
+                recorder.add(w + i, {"image": image, "instruction": instructions[i]}, int(length[i]), bool(success[i]))
+                if done[i] or length[i] >= horizon:
+                    recorder.finish(w + i)
+                    episode_ended()
+            alive &= ~done
+        ep_success += [bool(x) for x in success[: len(wave)]]
+        ep_len += [int(x) for x in length[: len(wave)]]
+    return ep_success, ep_len
+
+
+class _Videos:
+    """Captioned frames of the first `count` episodes of a task, each written to an mp4 when its episode ends."""
+
+    def __init__(self, task_id: str, seeds: list[int], count: int, video_dir: str | Path | None, fps: int):
+        self.task_id, self.seeds, self.count, self.video_dir, self.fps = task_id, seeds, count, video_dir, fps
+        self.frames: dict[int, list[np.ndarray]] = {}
+
+    def start(self, episode: int, obs: dict) -> None:
+        if episode < self.count:
+            self.frames[episode] = [_frame(obs["image"], str(obs["instruction"]), 0, False)]
+
+    def add(self, episode: int, obs: dict, step: int, success: bool) -> None:
+        if episode in self.frames:
+            self.frames[episode].append(_frame(obs["image"], str(obs["instruction"]), step, success))
+
+    def finish(self, episode: int) -> None:
+        if episode in self.frames:
+            name = f"{self.task_id.replace('/', '__')}_seed{self.seeds[episode]}_ep{episode}.mp4"
+            write_video(self.frames.pop(episode), Path(self.video_dir) / name, fps=self.fps)
 
 
 def _frame(image: np.ndarray, instruction: str, step: int, success: bool) -> np.ndarray:
@@ -304,13 +414,13 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path:
 
 
 def evaluate(actor: Actor, suite: Suite, num_envs: int = 4, video_dir: str | Path | None = None,
-             videos_per_task: int = 0, progress: bool = False) -> dict[str, TaskResult]:
-    """Run every task of `suite`; {task_id: TaskResult} in suite order."""
+             videos_per_task: int = 0, progress: bool = False, overlap: bool = True) -> dict[str, TaskResult]:
+    """Run every task of `suite`; {task_id: TaskResult} in suite order (run_task documents `overlap`)."""
     validate_tasks(suite.task_ids)
     results = {}
     for task in suite.tasks:
         results[task.id] = run_task(actor, task.id, suite.seeds(task), num_envs, suite.env_options,
-                                    video_dir=video_dir, videos=videos_per_task)
+                                    video_dir=video_dir, videos=videos_per_task, overlap=overlap, progress=progress)
         if progress:
             r = results[task.id]
             print(f"  {task.id}: {r.successes}/{r.trials} success, {r.wall_s:.1f}s", flush=True)
@@ -404,7 +514,8 @@ CSV_COLUMNS = ["task", "role", "successes", "trials", "rate", "ci_low", "ci_high
                "base_rate", "forgetting", "retained"]
 
 
-def _rows(rec: EvalRecord) -> list[dict]:
+def table_rows(rec: EvalRecord) -> list[dict]:
+    """One row per task with the CSV_COLUMNS (results.csv, results.md, the W&B table)."""
     cmp_ = rec.comparison or {}
     base_prior = cmp_.get("per_task_forgetting", {})
     rows = []
@@ -426,7 +537,7 @@ def markdown_table(rec: EvalRecord) -> str:
 
     lines = ["| task | role | success | Wilson 95% CI | mean ep. len | base | forgetting | retained |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in _rows(rec):
+    for r in table_rows(rec):
         lines.append(f"| {r['task']} | {r['role']} | {r['successes']}/{r['trials']} ({f(r['rate'], 2)}) | "
                      f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {f(r['mean_episode_len'], 1)} | {f(r['base_rate'], 2)} | "
                      f"{f(r['forgetting'], 2)} | {f(r['retained'], 2)} |")
@@ -444,11 +555,11 @@ def save_record(rec: EvalRecord, out_dir: str | Path, overwrite: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     target = out / "eval.json"
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
+        raise OutputExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, CSV_COLUMNS)
         w.writeheader()
-        w.writerows(_rows(rec))
+        w.writerows(table_rows(rec))
     (out / "results.md").write_text(markdown_table(rec))
     tmp = out / "eval.json.tmp"
     tmp.write_text(json.dumps(rec.to_dict(), indent=2, default=_json_default))

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rollouts.constants import OPTIMIZER_FILE, TRAINER_STATE_FILE
+from vla.checkpoint import check_safetensors
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -64,6 +66,38 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
             return candidate
     complete = [p for p in list_checkpoints(run_dir) if (p / TRAINER_STATE_FILE).is_file()]
     return complete[-1] if complete else None
+
+
+def check_readable(folder: Path) -> None:
+    """Raise CheckpointError unless the checkpoint's files read back: trainer_state.json is present, every JSON
+    file parses and every safetensors file is complete (headers only: cheap even for large adapters)."""
+    try:
+        read_trainer_state(folder)
+        for path in sorted(folder.rglob("*.json")):
+            json.loads(path.read_text())
+        for path in sorted(folder.rglob("*.safetensors")):
+            check_safetensors(path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {folder} is unreadable: {error}") from None
+
+
+def latest_readable_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose files read back (None when the run has none). A corrupt newer one is skipped
+    with a warning: the older checkpoints are kept for exactly this. All corrupt: CheckpointError."""
+    problems = []
+    for folder in reversed(list_checkpoints(run_dir)):
+        try:
+            check_readable(folder)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        for problem in problems:
+            warnings.warn(f"{problem}; resuming from the previous checkpoint {folder.name} instead", stacklevel=2)
+        return folder
+    if problems:
+        raise CheckpointError(f"no readable checkpoint in {run_dir} to resume from: {'; '.join(problems)}. "
+                              "Start a new run (another --run-dir).")
+    return None
 
 
 def remove_stale_temp(run_dir: str | Path) -> None:

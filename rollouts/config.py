@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
@@ -19,6 +20,7 @@ from typing import Any, Literal, Mapping, TypeVar
 import tyro
 
 import envs
+from rollouts.tracking import WandbMode, WandbSettings
 
 C = TypeVar("C", bound="TrainConfig")
 
@@ -90,6 +92,16 @@ class TrainConfig:
     """torch device: auto = cuda:<local rank> when CUDA is available, else cpu."""
     torch_threads: int = 0
     """torch.set_num_threads for this process (0: leave torch's default)."""
+    wandb: bool = False
+    """Also log to Weights & Biases: the same metrics against `update`, and the config (rollouts/tracking.py)."""
+    wandb_project: str = "razor"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team; None: your default)."""
+    wandb_group: str | None = None
+    """W&B group (e.g. one per sweep or experiment)."""
+    wandb_mode: WandbMode = "auto"
+    """online, offline (files for `wandb sync`), or auto: WANDB_MODE if set, else online when logged in."""
 
     def __post_init__(self) -> None:
         check(self.total_updates >= 1, f"total_updates must be >= 1, got {self.total_updates}")
@@ -107,7 +119,8 @@ class TrainConfig:
 
     # Fields that may change when a run is resumed; any other difference is an error.
     RESUMABLE_CHANGES = ("resume", "run_dir", "progress", "checkpoint_every", "keep_checkpoints", "callback_every",
-                         "device", "torch_threads", "total_updates")
+                         "device", "torch_threads", "total_updates", "wandb", "wandb_project", "wandb_entity",
+                         "wandb_group", "wandb_mode")
 
     def run_name(self) -> str:
         """A name carrying the key hyperparameters; overridden by algorithms to add theirs."""
@@ -118,6 +131,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"__class__": type(self).__name__, **dataclasses.asdict(self)}
+
+    def wandb_settings(self) -> WandbSettings:
+        return WandbSettings(self.wandb_project, self.wandb_entity, self.wandb_group, self.wandb_mode)
 
 
 @dataclass
@@ -217,6 +233,23 @@ def save_json(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def check_writable_dir(path: Path, option: str = "--run-dir") -> None:
+    """Raise ConfigError unless directory `path` exists and takes files, or could be created (its nearest existing
+    ancestor is a directory that takes files). Creates nothing."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == Path(path) else f"lies under {existing}, which is a file"
+        raise ConfigError(f"{option} {path} {where}, not a directory; choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f"cannot write into {option} {path}: {error.strerror or error} (in {existing}); choose a "
+                          f"writable {option}") from None
 
 
 def _normal(value: Any) -> Any:

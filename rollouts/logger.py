@@ -1,4 +1,5 @@
-"""Run logging: TensorBoard scalars, one JSON line per logged update, a tqdm bar with ETA and a summary line.
+"""Run logging: TensorBoard scalars, one JSON line per logged update, a tqdm bar with ETA and a summary line; with
+a W&B run (rollouts/tracking.py) the same scalars under the same names, against `update`.
 
 Only rank 0 logs (the others get a logger whose methods do nothing). metrics.jsonl holds one object per logged
 update: {"update": n, "env_steps": ..., "<prefix/name>": value, ...} with the names of rollouts/constants.py.
@@ -30,6 +31,7 @@ class RunLogger:
         enabled: bool = True,
         progress: bool = True,
         desc: str = "train",
+        wandb_run=None,
     ):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
@@ -37,6 +39,7 @@ class RunLogger:
         self.last: dict[str, float] = {}  # the last logged row's numbers (with "update")
         self._tb = None
         self._bar = None
+        self._wandb = wandb_run
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +47,9 @@ class RunLogger:
         _truncate_jsonl(self.metrics_path, start_update)
         from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard is slow to import
 
-        self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_update + 1 if start_update else None)
+        # purge_step: TensorBoard drops the earlier event files' points from this update on (a resume redoes them;
+        # from update 1 too, when the run was resumed before its first checkpoint)
+        self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_update + 1)
         self._jsonl = open(self.metrics_path, "a")
         if progress:
             self._bar = tqdm(total=total_updates, initial=start_update, desc=desc, dynamic_ncols=True,
@@ -55,6 +60,7 @@ class RunLogger:
         if not self.enabled:
             return
         row = {UPDATE: int(update)}
+        scalars = {}
         for key, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 row[key] = value
@@ -62,6 +68,9 @@ class RunLogger:
             row[key] = float(value)
             if "/" in key and math.isfinite(value):
                 self._tb.add_scalar(key, value, update)
+                scalars[key] = float(value)
+        if self._wandb is not None:
+            self._wandb.log({UPDATE: int(update), **scalars})
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         os.fsync(self._jsonl.fileno())
@@ -95,6 +104,8 @@ class RunLogger:
         self._tb.flush()
         self._tb.close()
         self._jsonl.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

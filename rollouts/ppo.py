@@ -5,7 +5,8 @@ ratio is that of the whole action), or, with per_token_ratio, each token gets it
 head reads the LM's hidden state before the first action token. Only the LoRA adapters and the value head train,
 with their own learning rates. Every update: collect T steps from N envs (rollouts/collect.py), GAE, then
 update_epochs passes over the rollout in num_minibatches minibatches (each split into grad_accum_steps
-micro-batches), with approx-KL early stopping between epochs. Optionally a KL(pi0 || pi) penalty keeps the
+micro-batches), with approx-KL early stopping between epochs; with the vision backbone and projector frozen, the
+images' patch embeddings are computed once per rollout for all of them. Optionally a KL(pi0 || pi) penalty keeps the
 policy near the base model; KL(pi0 || pi) is logged either way (log_kl).
 
 Run it with scripts/train_ppo.py (presets, CLI) or call train(PPOConfig(...)) directly.
@@ -61,6 +62,10 @@ class PPOConfig(RLConfig):
     """Stop the update's epochs early when the epoch's mean approx-KL exceeds this (None: never)."""
     value_learning_rate: float = 3e-4
     """Learning rate of the value head (the LoRA rate is learning_rate)."""
+    cache_vision: bool = True
+    """With the vision backbone and projector frozen (LoRA on the LM only), embed each rollout image once and
+    reuse the patch embeddings in every epoch and minibatch when update_epochs > 1 (off: recompute them in every
+    micro-batch, as with vision LoRA)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,9 +74,11 @@ class PPOConfig(RLConfig):
         check(self.clip_coef > 0 and self.value_clip > 0, "clip_coef and value_clip must be > 0")
         check(self.value_learning_rate > 0, f"value_learning_rate must be > 0, got {self.value_learning_rate}")
         check(self.target_kl is None or self.target_kl > 0, "target_kl must be > 0 or None")
+        samples = self.num_envs * self.rollout_steps()
+        steps = f"num_steps={self.num_steps}" if self.num_steps else f"the task's horizon {self.rollout_steps()}"
         check(
-            (self.num_envs * (self.num_steps or 1)) % (self.num_minibatches * self.grad_accum_steps) == 0,
-            f"num_envs * num_steps = {self.num_envs * self.num_steps} samples per update must split into "
+            samples % (self.num_minibatches * self.grad_accum_steps) == 0,
+            f"num_envs={self.num_envs} x {steps} = {samples} samples per update must split into "
             f"num_minibatches={self.num_minibatches} x grad_accum_steps={self.grad_accum_steps} equal micro-batches",
         )
 
@@ -159,6 +166,15 @@ def ppo_update(run: Run, rollout: Rollout, cfg: PPOConfig) -> dict[str, float]:
     micro = minibatch // cfg.grad_accum_steps
 
     policy.train()
+    patches = None
+    if cfg.cache_vision and cfg.update_epochs > 1 and policy.vision_frozen:
+        # Frozen vision: the patch embeddings [batch_size, P, D] are the same in every epoch, so compute them once
+        # (with one epoch that saves nothing and would only hold them all in memory).
+        with torch.no_grad():
+            patches = torch.cat([
+                policy.patch_embeddings(policy.preprocess(images[i : i + micro], instructions[i : i + micro]))
+                for i in range(0, batch_size, micro)
+            ])  # fmt: skip
     sums: dict[str, float] = {}
     n_steps, grad_norms = 0, []
     for epoch in range(cfg.update_epochs):
@@ -168,7 +184,10 @@ def ppo_update(run: Run, rollout: Rollout, cfg: PPOConfig) -> dict[str, float]:
             for m_start in range(start, start + minibatch, micro):
                 idx = perm[m_start : m_start + micro]
                 batch = policy.preprocess(images[idx.numpy()], [instructions[i] for i in idx.tolist()])
-                scores = policy.evaluate_actions(batch, b_tokens[idx].to(device), temperature=cfg.temperature)
+                scores = policy.evaluate_actions(
+                    batch, b_tokens[idx].to(device), temperature=cfg.temperature,
+                    patch_embeddings=patches[idx.to(device)] if patches is not None else None,
+                )  # fmt: skip
                 kl_pi0 = kl_to_base(b_base[idx].to(device), scores.logits) if b_base is not None else None
                 losses = ppo_losses(
                     scores.log_probs, b_logprobs[idx].to(device), b_adv[idx].to(device), scores.values.float(),

@@ -8,10 +8,13 @@
         run.end_update(update, metrics, env_steps=..., samples=...)   # lr schedule, log, callbacks, checkpoint
     run.finish()
 
-Starting a run: a run directory that already holds a run is never overwritten: without --resume it is an error;
-with --resume its config.json must match the new config (rollouts/config.py) and training continues from the
-latest checkpoint (weights, optimizer, scheduler, counters, every rank's RNG states), so that the updates after
-it reproduce those of an uninterrupted run. The model's action dims and the unnorm key are checked before any work.
+Starting a run: the run directory must be writable (checked before the model is built). A run directory that
+already holds a run is never overwritten: without --resume it is an error; with --resume its config.json must
+match the new config (rollouts/config.py) and training continues from the newest readable checkpoint (weights,
+optimizer, scheduler, counters, every rank's RNG states; a corrupt newer one is skipped with a warning), so that
+the updates after it reproduce those of an uninterrupted run. A start that failed before its first update was
+logged (e.g. a typo in env_kwargs) holds nothing worth keeping: a rerun, with or without --resume, replaces it.
+The model's action dims and the unnorm key are checked before any work.
 
 Stopping: a non-finite loss or gradient norm on any rank raises NonFiniteLossError on every rank before the
 optimizer step; the last checkpoint on disk is the last good state.
@@ -26,6 +29,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +41,10 @@ import torch
 
 from rollouts import checkpoint, distributed
 from rollouts.collect import Rollout
-from rollouts.config import ConfigError, TrainConfig, check_resume_compatible, save_json
-from rollouts.constants import ADAPTER_DIR, CHARTS, EPISODE_METRICS, CONFIG_FILE, ENV_STEPS, SAMPLES, TIME, TRAINER_STATE_FILE, UPDATE
+from rollouts.config import ConfigError, TrainConfig, check_resume_compatible, check_writable_dir, save_json
+from rollouts.constants import ADAPTER_DIR, CHARTS, EPISODE_METRICS, CONFIG_FILE, ENV_STEPS, METRICS_FILE, SAMPLES, TIME, TRAINER_STATE_FILE, UPDATE
 from rollouts.logger import RunLogger
+from rollouts.tracking import WANDB_ID_FILE, start_wandb
 from vla.config import ACTION_DIM
 from vla.lora import LoraSettings
 from vla.policy import VLAPolicy
@@ -182,7 +188,11 @@ class Run:
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_json(run_dir / CONFIG_FILE, cfg.to_dict())
-        logger = RunLogger(run_dir, cfg.total_updates, update, enabled=dist.is_main, progress=cfg.progress, desc=desc)
+        wandb_run = None
+        if dist.is_main and cfg.wandb:
+            wandb_run = start_wandb(cfg.wandb_settings(), run_dir, cfg.to_dict(), name=run_dir.name, job_type=desc)
+        logger = RunLogger(run_dir, cfg.total_updates, update, enabled=dist.is_main, progress=cfg.progress, desc=desc,
+                           wandb_run=wandb_run)  # fmt: skip
         distributed.barrier()
         return cls(cfg, dist, run_dir, policy, optimizer, names, update, counters, logger, callbacks)
 
@@ -312,7 +322,17 @@ class Run:
 
 def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> str | None:
     """Validate the run directory against --resume; returns the checkpoint to resume from (or None)."""
+    check_writable_dir(run_dir)
     saved_cfg = run_dir / CONFIG_FILE
+    if saved_cfg.exists() and _failed_start(run_dir):
+        print(f"note: {run_dir} holds a run that stopped before its first update; starting it again", file=sys.stderr)
+        for name in (CONFIG_FILE, METRICS_FILE, "tb", "summary.txt", checkpoint.CHECKPOINTS, "wandb", WANDB_ID_FILE):
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        return None
     if not cfg.resume:
         if saved_cfg.exists() or checkpoint.list_checkpoints(run_dir):
             raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
@@ -321,5 +341,11 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> str | None:
         raise ConfigError(f"--resume given but {run_dir} holds no run ({CONFIG_FILE} is missing)")
     check_resume_compatible(json.loads(saved_cfg.read_text()), cfg, run_dir)
     checkpoint.remove_stale_temp(run_dir)
-    ckpt = checkpoint.latest_checkpoint(run_dir)
+    ckpt = checkpoint.latest_readable_checkpoint(run_dir)
     return str(ckpt) if ckpt else None  # killed before its first checkpoint: start again from scratch
+
+
+def _failed_start(run_dir: Path) -> bool:
+    """The run in run_dir never finished an update: no checkpoint and nothing in its metrics log."""
+    metrics = run_dir / METRICS_FILE
+    return not checkpoint.list_checkpoints(run_dir) and (not metrics.exists() or metrics.stat().st_size == 0)

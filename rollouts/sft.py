@@ -8,7 +8,7 @@ SFT + KL (the hybrid RL's Razor proposes): with kl_coef > 0 the loss adds kl_coe
 7-token action on the batch's observations (per token the exact KL over the action bins at the demonstrated
 prefix, summed over tokens), with pi0 the same model with its adapters disabled.
 
-Data: a demo dataset of envs/demos.py, streamed: each epoch visits the episodes in a seeded random order,
+Data: a demo dataset of envs/demos.py, a LeRobot v3 dataset or ManiSkill3 trajectories (envs/formats.py), streamed: each epoch visits the episodes in a seeded random order,
 windows of `shuffle_window` batches are shuffled internally, and batch u is a pure function of (seed, u), so a
 resumed run reads exactly the batches the uninterrupted run would have. With torchrun each rank takes its slice
 of every global batch.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from envs.demos import DemoDataset, generate_demos
+from envs.formats import DemoFormatError, open_demos
 from envs.registry import ACTION_DIM, ACTION_HIGH, ACTION_LOW
 from rollouts.config import ConfigError, TrainConfig, check
 from rollouts.constants import CHARTS, LOSSES, TIME
@@ -41,7 +42,15 @@ class SFTConfig(TrainConfig):
     """SFT hyperparameters (on top of the shared run/model fields)."""
 
     dataset: str = ""
-    """Demo dataset directory (envs/demos.py format: meta.json + episode_*.npz)."""
+    """Demonstrations: an envs/demos.py directory (meta.json + episode_*.npz), a LeRobot v3 dataset directory
+    (meta/info.json) or a ManiSkill3 trajectory file (.h5 + .json); see envs/formats.py."""
+    dataset_image_key: str | None = None
+    """LeRobot: the image feature (default observation.images.image, else the first); ManiSkill: the camera."""
+    dataset_action_key: str | None = None
+    """LeRobot: the action feature (default "action")."""
+    dataset_instruction: str | None = None
+    """The instruction for every episode, replacing the dataset's task strings (ManiSkill trajectories have none;
+    default: the registered instruction of their env id)."""
     generate_demos: int = 0
     """When `dataset` holds no dataset yet: first generate this many demos of demo_task into it with the task's
     scripted expert (single process only; 0: never)."""
@@ -122,18 +131,24 @@ class DemoBatches:
                 "episodes": episodes, "steps": steps}  # fmt: skip
 
 
-def open_dataset(cfg: SFTConfig) -> DemoDataset:
-    """The demo dataset of cfg.dataset, generated first when cfg.generate_demos asks for it."""
+def open_dataset(cfg: SFTConfig):
+    """The demonstrations of cfg.dataset (envs/formats.py's open_demos), generated first when cfg.generate_demos
+    asks for it."""
     if not cfg.dataset:
         raise ConfigError("dataset is required: the directory of a demo dataset (python -m envs demos ...)")
-    if not (Path(cfg.dataset) / "meta.json").is_file():
+    path = Path(cfg.dataset)
+    if path.suffix != ".h5" and not (path / "meta" / "info.json").is_file() and not (path / "meta.json").is_file():
         if not cfg.generate_demos:
             raise ConfigError(f"dataset {cfg.dataset!r} is not a demo dataset directory (no meta.json)")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(f"generate the dataset {cfg.dataset!r} before a multi-process run (python -m envs demos)")
         generate_demos(cfg.demo_task, cfg.generate_demos, cfg.dataset, seed=cfg.seed, env_options=cfg.demo_env_kwargs,
                        log=lambda line: None)  # fmt: skip
-    return DemoDataset(cfg.dataset)
+    try:
+        return open_demos(path, image_key=cfg.dataset_image_key, action_key=cfg.dataset_action_key,
+                          instruction=cfg.dataset_instruction)  # fmt: skip
+    except DemoFormatError as error:
+        raise ConfigError(str(error)) from None
 
 
 def check_dataset(dataset: DemoDataset, policy: VLAPolicy, cfg: SFTConfig) -> None:

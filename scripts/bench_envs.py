@@ -2,6 +2,7 @@
 
     python -m scripts.bench_envs                          # metaworld/pick-place, 224 px images
     python -m scripts.bench_envs --tasks metaworld/reach --workers 1 2 --steps 200
+    python -m scripts.bench_envs --frame --image-size 64     # MuJoCo tasks: ms per frame of the render settings
 
 Every step renders the policy image (224 px by default) and uses uniformly random actions; resets (at the task's
 horizon) are included. Single envs report wall-clock steps/s and CPU steps/s (steps per second of this process's
@@ -9,6 +10,12 @@ CPU time, all its threads, so that other processes on a shared CPU barely affect
 computed from CPU time. Vector envs report wall-clock steps/s summed over envs. Raw and wrapped runs are
 interleaved and repeated, and medians are reported. Each backend's raw baseline is one function in RAW_BASELINES,
 keyed by TaskSpec.backend, returning a Throughput.
+
+--frame (MuJoCo tasks) instead compares render settings in one process: CPU and wall ms per step (a step is one
+frame plus ~0.1 ms of physics) of the env as it rendered before (render version 1: MuJoCo's default 640x480
+off-screen buffer, reflections on), with a buffer of the image's size, and as it renders by default now (also no
+reflections); and the share of pixels that differ from the "before" images over the same seeded random-action steps
+(0 means the same observations).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import tyro
 import envs
 from envs.registry import TaskSpec
 from envs.vector import make_vec
+from scripts.cli import entry_point
 
 
 @dataclass
@@ -40,6 +48,8 @@ class BenchConfig:
     """Vector-env sizes for the scaling table (1 runs in-process)."""
     seed: int = 0
     """Reset seed and action seed."""
+    frame: bool = False
+    """Compare render settings (ms per frame, pixels changed) instead of measuring throughput; MuJoCo tasks only."""
 
     def __post_init__(self):
         if self.steps < 1 or self.repeats < 1 or self.image_size < 8 or min(self.workers, default=1) < 1:
@@ -65,7 +75,8 @@ def _timed_steps(reset: Callable[[], None], step: Callable[[], bool], num_steps:
 
 
 def raw_mujoco(spec: TaskSpec, cfg: BenchConfig) -> Throughput:
-    """Meta-World's own gym.make with the same camera, image size, horizon and rendering settings (no MSAA/shadows)."""
+    """Meta-World's own gym.make with the same camera, image size, horizon and rendering settings (no MSAA, shadows
+    or reflections; a buffer of the image's size)."""
     import gymnasium as gym
     import metaworld  # noqa: F401  (registers the Meta-World/* gymnasium ids)
 
@@ -76,6 +87,8 @@ def raw_mujoco(spec: TaskSpec, cfg: BenchConfig) -> Throughput:
     model = env.unwrapped.model
     model.vis.quality.offsamples = 0
     model.light_castshadow[:] = 0
+    model.mat_reflectance[:] = 0
+    model.vis.global_.offwidth = model.vis.global_.offheight = cfg.image_size
     rng = np.random.default_rng(cfg.seed)
 
     def step() -> bool:
@@ -162,6 +175,58 @@ def razor_vector(spec: TaskSpec, cfg: BenchConfig, num_envs: int) -> float:
         vec.close()
 
 
+FRAME_SETTINGS: dict[str, tuple[dict, tuple[int, int] | None]] = {
+    "before: 640x480, reflect": ({"reflections": True}, (640, 480)),
+    "image-size buffer": ({"reflections": True}, None),
+    "default: no reflections": ({}, None),
+}
+"""name -> (envs.make options, off-screen buffer size forced before the first frame, or None)."""
+
+
+def frame_costs(task_id: str, cfg: BenchConfig, options: dict, buffer: tuple[int, int] | None):
+    """(CPU ms per step, wall ms per step, the images) over cfg.steps seeded random-action steps."""
+    env = envs.make(task_id, image_size=cfg.image_size, **options)
+    model = env.unwrapped.sim.model
+    if buffer is not None:  # read when the renderer is created, at the first frame
+        model.vis.global_.offwidth, model.vis.global_.offheight = buffer
+    rng = np.random.default_rng(cfg.seed)
+    images = []
+
+    def step() -> bool:
+        obs, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, 7).astype(np.float32))
+        images.append(obs["image"])
+        return terminated or truncated
+
+    try:
+        speed = _timed_steps(lambda: env.reset(seed=cfg.seed), step, cfg.steps)
+        return 1000 / speed.cpu, 1000 / speed.wall, np.stack(images)
+    finally:
+        env.close()
+
+
+def bench_frames(cfg: BenchConfig) -> dict[str, dict[str, float]]:
+    """Per task and setting of FRAME_SETTINGS: medians of CPU/wall ms per step and the share of changed pixels."""
+    results = {}
+    for task_id in cfg.tasks:
+        if envs.get_spec(task_id).backend != "mujoco":
+            raise ValueError(f"--frame compares MuJoCo render settings; {task_id} runs on another backend")
+        runs: dict[str, list] = {name: [] for name in FRAME_SETTINGS}
+        for _ in range(cfg.repeats):  # interleaved, so that load from other processes hits all settings alike
+            for name, (options, buffer) in FRAME_SETTINGS.items():
+                runs[name].append(frame_costs(task_id, cfg, options, buffer))
+        before = next(iter(runs.values()))[0][2]
+        rows = {}
+        print(f"{task_id}: {cfg.image_size} px, {cfg.steps} steps x {cfg.repeats} repeats, medians")
+        print(f"  {'':<24} {'CPU ms/step':>11} {'wall ms/step':>12} {'pixels changed':>14}")
+        for name, measured in runs.items():
+            changed = float(np.any(measured[0][2] != before, axis=-1).mean())
+            rows[name] = {"cpu_ms": statistics.median(m[0] for m in measured),
+                          "wall_ms": statistics.median(m[1] for m in measured), "pixels_changed": changed}
+            print(f"  {name:<24} {rows[name]['cpu_ms']:11.2f} {rows[name]['wall_ms']:12.2f} {100 * changed:13.3f}%")
+        results[task_id] = rows
+    return results
+
+
 def bench(cfg: BenchConfig) -> dict[str, dict[str, float]]:
     """Medians per task: "make_wall", "make_cpu", "raw_wall", "raw_cpu", "overhead_pct" (extra CPU time per step
     through envs.make) and "vec<N>" (wall steps/s) for each N in cfg.workers."""
@@ -204,8 +269,10 @@ def _print_row(task_id: str, row: dict[str, float], cfg: BenchConfig) -> None:
         print(f"  make_vec({num_envs}) {rate:10.1f} wall steps/s (all envs){speedup}")
 
 
+@entry_point
 def main() -> None:
-    bench(tyro.cli(BenchConfig))
+    cfg = tyro.cli(BenchConfig)
+    bench_frames(cfg) if cfg.frame else bench(cfg)
 
 
 if __name__ == "__main__":

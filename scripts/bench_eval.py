@@ -1,6 +1,8 @@
-"""Benchmark eval/: the KL monitor's cost against a policy forward pass and a PPO update, and suite episodes/s.
+"""Benchmark eval/: the KL monitor's cost against a policy forward pass and a PPO update, suite episodes/s, and
+policy-in-the-loop env throughput against the simulator's own ceiling.
 
     .venv/bin/python scripts/bench_eval.py [--model tiny] [--n-obs 64] [--ppo-updates 3] [--episodes 16]
+    .venv/bin/python scripts/bench_eval.py --sections throughput [--tp-episodes 16] [--tp-envs 10] [--tp-steps 100]
 
 Prints one table; numbers are wall-clock on this machine (which may be shared: say so when quoting them).
   - forward: one teacher-forced evaluate_actions pass over the held-out set, no grad (what one KL measurement costs
@@ -9,6 +11,15 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
   - kl measure: one online measurement (cached pi0 samples, one pi forward per sample);
   - ppo update: the mean time/update_s of a short PPO run (tiny preset, toy task) with the same batch size;
   - suite: episodes/s of eval.suite.evaluate with the policy (toy task; Meta-World pick-place if available).
+  - throughput (the `cpu` experiment's evaluation settings: tiny VLA with a saved r=16 LoRA adapter loaded as
+    evaluate_checkpoint loads it, metaworld/drawer-close at 64 px, 10 envs), env steps/s of
+      (a) ceiling: the same vector env stepped with random actions and no policy (what the simulator allows with
+          that many workers),
+      (b) suite: eval.suite.evaluate (with and without `overlap`), useful steps (the sum of episode lengths) per second of TaskResult.wall_s
+          (which, as in every evaluation, includes the workers' first frames but not their start-up),
+      (c) collect: rollouts.collect.collect (PPO's sampling, values included) for --tp-steps steps of every env,
+    and the ratios (b)/(a) and (c)/(a). The three run one after the other in one process on one machine, so the
+    ratios are comparable across runs even where the absolute figures are not (a shared machine is noisy).
 """
 
 from __future__ import annotations
@@ -19,10 +30,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import tyro
+
+from scripts.cli import entry_point
 
 
 @dataclass
@@ -41,6 +55,22 @@ class Args:
     """Also time the suite on metaworld/reach (skipped if Meta-World is missing)."""
     repeats: int = 5
     """Timing repeats (the median is reported)."""
+    sections: tuple[Literal["kl", "throughput"], ...] = ("kl", "throughput")
+    """What to measure: "kl" (KL monitor, PPO update, toy suite), "throughput" (ceiling, suite, collect)."""
+    tp_task: str = "metaworld/drawer-close"
+    """Task of the throughput section (the cpu experiment's new task)."""
+    tp_image_size: int = 64
+    """Image size of the throughput section (the cpu experiment's)."""
+    tp_envs: int = 10
+    """Vector envs of the throughput section (the cpu experiment's eval_num_envs)."""
+    tp_episodes: int = 16
+    """Suite episodes of the throughput section (the cpu experiment's eval_episodes)."""
+    tp_steps: int = 100
+    """Steps of every env for the ceiling (a) and for collection (c)."""
+    tp_overlap: tuple[bool, ...] = (True, False)
+    """Suite runs (b) with these `overlap` settings (halves of the envs stepped while the other half is acted on)."""
+    tp_lora_rank: int = 16
+    """LoRA rank (and alpha) of the adapter the throughput section loads (the cpu experiment's)."""
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -52,8 +82,21 @@ def _median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+@entry_point
 def main(args: Args | None = None) -> dict:
     args = args or tyro.cli(Args)
+    out: dict[str, float] = {}
+    if "kl" in args.sections:
+        out.update(kl_section(args))
+    if "throughput" in args.sections:
+        out.update(throughput_section(args))
+    print(f"model={args.model} threads={torch.get_num_threads()} (figures are wall-clock; the machine may be shared)")
+    for k, v in out.items():
+        print(f"  {k:45s} {v:10.4f}")
+    return out
+
+
+def kl_section(args: Args) -> dict[str, float]:
     from eval.kl import KLMonitor, collect_observations, policy_logprobs
     from eval.suite import Suite, SuiteTask, evaluate, vla_actor
     from vla.lora import LoraSettings
@@ -63,8 +106,8 @@ def main(args: Args | None = None) -> dict:
     policy = VLAPolicy.from_pretrained(args.model, seed=0)
     policy.add_lora(LoraSettings())
     policy.eval()
-    images, instructions = collect_observations("toy/color-side", args.n_obs)
     out: dict[str, float] = {}
+    images, instructions = collect_observations("toy/color-side", args.n_obs)
 
     mon = KLMonitor(images, instructions, batch_size=args.n_obs)
     t0 = time.perf_counter()
@@ -105,10 +148,62 @@ def main(args: Args | None = None) -> dict:
         dt = time.perf_counter() - t0
         out[f"suite_{task}_episodes_per_s"] = res.trials / dt
         out[f"suite_{task}_steps_per_s"] = float(np.sum(res.episode_len)) / dt
+    return out
 
-    print(f"model={args.model} n_obs={args.n_obs} threads={torch.get_num_threads()}")
-    for k, v in out.items():
-        print(f"  {k:45s} {v:10.4f}")
+
+def ceiling_steps_per_s(task: str, num_envs: int, steps: int, env_options: dict, seed: int = 0) -> float:
+    """(a) env steps/s of make_vec(task, num_envs) stepped `steps` times with random actions, no policy (autoresets
+    included; worker start-up and the first frame, which creates the GL context, excluded)."""
+    import envs
+
+    vec = envs.make_vec(task, num_envs, seed=seed, **env_options)
+    rng = np.random.default_rng(seed)
+    try:
+        vec.reset(seed=seed)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            vec.step(rng.uniform(vec.action_space.low, vec.action_space.high).astype(np.float32))
+        return num_envs * steps / (time.perf_counter() - t0)
+    finally:
+        vec.close()
+
+
+def throughput_section(args: Args) -> dict[str, float]:
+    """(a) ceiling, (b) suite, (c) collect on the cpu experiment's evaluation settings (see the module docstring)."""
+    import envs
+    from eval.evaluate import load_policy
+    from eval.suite import Suite, SuiteTask, evaluate, vla_actor
+    from rollouts.collect import collect
+    from vla.lora import LoraSettings
+    from vla.policy import VLAPolicy
+
+    env_options = {"image_size": args.tp_image_size}
+    with tempfile.TemporaryDirectory() as tmp:  # an adapter saved and loaded back, as evaluate_checkpoint gets it
+        trained = VLAPolicy.from_pretrained(args.model, seed=0)
+        trained.add_lora(LoraSettings(r=args.tp_lora_rank, alpha=args.tp_lora_rank))
+        trained.save_adapters(Path(tmp) / "adapter")
+        policy = load_policy(args.model, Path(tmp) / "adapter")
+    out: dict[str, float] = {}
+    ceiling = [ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options)]
+
+    suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
+    for overlap in args.tp_overlap:
+        result = evaluate(vla_actor(policy), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
+        out[f"b_suite{'' if overlap else '_no_overlap'}_steps_per_s"] = float(np.sum(result.episode_len)) / result.wall_s
+
+    vec = envs.make_vec(args.tp_task, args.tp_envs, seed=0, **env_options)
+    try:
+        t0 = time.perf_counter()
+        rollout = collect(policy, vec, args.tp_steps, list(range(args.tp_envs)), generator=torch.Generator().manual_seed(0))
+        out["c_collect_steps_per_s"] = args.tp_envs * rollout.num_steps / (time.perf_counter() - t0)
+    finally:
+        vec.close()
+    # measured before and after (b) and (c), so that a change of load on a shared machine hits both sides alike
+    ceiling.append(ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options))
+    out["a_ceiling_steps_per_s"] = float(np.mean(ceiling))
+    for key in [k for k in out if k.startswith("b_suite")]:
+        out[key.replace("_steps_per_s", "_over_a")] = out[key] / out["a_ceiling_steps_per_s"]
+    out["c_collect_over_a"] = out["c_collect_steps_per_s"] / out["a_ceiling_steps_per_s"]
     return out
 
 

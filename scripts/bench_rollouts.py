@@ -2,12 +2,18 @@
 
     python -m scripts.bench_rollouts                       # tiny + small on toy/color-side and metaworld/reach
     python -m scripts.bench_rollouts --presets tiny --tasks toy/color-side --updates 3
+    python -m scripts.bench_rollouts --presets small --tasks toy/color-side --vision-cache-only
 
 Part 1, measured: for each (VLA preset, task) one PPO run through rollouts.ppo.train in a fresh process (the real
 code path: process-worker envs, batched generation, pi0 forward for the KL log, GAE, minibatch update), reporting
 the mean over the updates after the first (warm-up) of: collection env steps/s, PPO update samples/s, and the time
 split of an update into simulation (env reset/step), inference (preprocess, generate, values, pi0) and update
 (forward/backward/optimizer); plus that process's peak resident memory (env workers not included).
+
+Part 1b, measured: PPO update samples/s with and without the cached vision features (patch embeddings computed
+once per rollout while the vision backbone and projector are frozen). One real rollout is collected, then
+rollouts.ppo.ppo_update runs on it alternately without and with the cache (--cache-epochs epochs each), so machine
+load hits both alike.
 
 Part 2, computed: memory of the openvla-7b-a100 PPO preset on one GPU, per component, from the real architecture
 built on the meta device (parameter counts, LoRA counts from peft) and the preset's batch sizes.
@@ -24,6 +30,8 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from scripts.cli import entry_point
 
 GB = 1e9
 
@@ -74,6 +82,45 @@ def measured(presets: list[str], tasks: list[str], updates: int, num_envs: int, 
     return results
 
 
+def vision_cache_update(preset: str, task: str, num_envs: int, num_steps: int, epochs: int, repeats: int) -> dict:
+    """PPO update samples/s on one collected rollout, without and with the vision cache, alternating."""
+    import torch
+
+    import envs
+    from rollouts import ppo
+    from rollouts.collect import collect, env_seeds
+    from rollouts.presets import RL_PRESETS
+    from rollouts.run import Run
+    from vla.config import preset_config
+
+    torch.set_num_threads(1)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_vision_cache_"))
+    cfg = replace(
+        RL_PRESETS["ppo"]["tiny"][1], model=preset, task=task, num_envs=num_envs, num_steps=num_steps,
+        update_epochs=epochs, num_minibatches=4, env_in_process=True, progress=False, log_kl=True,
+        env_kwargs={"image_size": preset_config(preset).image_size}, run_dir=str(run_dir / "run"),
+    )  # fmt: skip
+    run = Run.start(cfg, train_value_head=True, value_learning_rate=cfg.value_learning_rate, desc="bench")
+    vec = envs.make_vec(cfg.task, num_envs, seed=cfg.seed, **cfg.vec_options())
+    try:
+        run.policy.eval()
+        rollout = collect(run.policy, vec, num_steps, env_seeds(cfg.seed, 1, num_envs, 0, num_envs),
+                          temperature=cfg.temperature, with_base=True)  # fmt: skip
+    finally:
+        vec.close()
+    seconds = {False: 0.0, True: 0.0}
+    for i in range(repeats + 1):  # the first round warms up
+        for cache in (False, True):
+            start = time.perf_counter()
+            ppo.ppo_update(run, rollout, replace(cfg, cache_vision=cache))
+            seconds[cache] += (time.perf_counter() - start) if i else 0.0
+    run.finish()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    samples = num_envs * num_steps * epochs * repeats
+    return {"preset": preset, "task": task, "epochs": epochs, "without": samples / seconds[False],
+            "with": samples / seconds[True]}  # fmt: skip
+
+
 def memory_budget_7b() -> list[tuple[str, float, str]]:
     """(component, GB, how) for the openvla-7b-a100 PPO preset on one GPU."""
     import torch
@@ -117,6 +164,7 @@ def memory_budget_7b() -> list[tuple[str, float, str]]:
     return rows
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -124,10 +172,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=3, help="PPO updates per run (the first is warm-up)")
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--num-steps", type=int, default=16)
+    parser.add_argument("--cache-epochs", type=int, default=4, help="PPO epochs per update in part 1b")
+    parser.add_argument("--cache-repeats", type=int, default=2, help="timed updates per variant in part 1b")
+    parser.add_argument("--vision-cache-only", action="store_true", help="run part 1b only")
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    print(f"== measured on this CPU: PPO, {args.num_envs} process-worker envs x {args.num_steps} steps, 1 epoch, "
+    print(f"== measured on this CPU: PPO update samples/s without -> with cached vision features, {args.num_envs} envs "
+          f"x {args.num_steps} steps, {args.cache_epochs} epochs, 4 minibatches, {args.cache_repeats} updates each ==")  # fmt: skip
+    cache_results = []
+    for preset in args.presets:
+        for task in args.tasks:
+            r = vision_cache_update(preset, task, args.num_envs, args.num_steps, args.cache_epochs, args.cache_repeats)
+            cache_results.append(r)
+            print(f"{preset:<6} {task:<16} {r['without']:>8.1f} -> {r['with']:>8.1f} samples/s "
+                  f"({r['with'] / r['without']:.2f}x)")  # fmt: skip
+    if args.vision_cache_only:
+        return
+
+    print(f"\n== measured on this CPU: PPO, {args.num_envs} process-worker envs x {args.num_steps} steps, 1 epoch, "
           f"4 minibatches, KL-to-pi0 logging on; means over updates 2..{args.updates} ==")  # fmt: skip
     results = measured(args.presets, args.tasks, args.updates, args.num_envs, args.num_steps)
     header = f"{'preset':<6} {'task':<16} {'img':>4} {'env steps/s':>11} {'upd samples/s':>13} {'sim s':>7} {'infer s':>8} {'update s':>8} {'peak RSS GB':>11}"
@@ -147,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'sum (upper bound)':<34} {total:>7.2f} GB   of 80 GB (KV cache and update activations are never live together); the rollout (uint8 images, log-probs, "
           "pi0 distributions) is kept in host memory")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"measured": results, "budget_7b": budget}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"measured": results, "vision_cache": cache_results, "budget_7b": budget}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -3,15 +3,23 @@
 1. Building the openvla-7b architecture on the meta device: parameter count and peak memory added.
 2. The bf16 training footprint of OpenVLA-7B with the default LoRA (r=32 on the LM linears): frozen bf16
    weights, fp32 LoRA weights (peft's default on a bf16 model), their gradients and AdamW moments, the value head.
-3. Actions per second for a preset at several batch sizes: VLAPolicy.generate on the whole batch (one prefill,
-   KV-cached decode restricted to the action bins) against a naive baseline in the same run: Hugging Face
-   `generate` one observation at a time over the unrestricted vocabulary. Both include preprocessing.
+3. Actions per second for a preset at several batch sizes, each change against its baseline in the same run
+   (calls alternate between the two, so machine load hits both alike):
+   a. VLAPolicy.generate (one prefill, decode steps through a preallocated KV cache and the LM's layers) against
+      the same batch decoded the previous way, one LlamaModel forward per step with a growing DynamicCache, and
+      against a naive baseline: Hugging Face `generate` one observation at a time over the whole vocabulary.
+   b. With a LoRA adapter attached (rank --lora-rank, as a checkpoint evaluation loads it): generate with the
+      adapter merged into the weights against the unmerged peft model.
+   c. Preprocessing frames/s: the batched torch resize against PIL one frame at a time (the previous way).
+   All action figures include preprocessing.
 
 Run: python -m scripts.bench_vla [--preset small] [--batch-sizes 1 8 32] [--repeats 3]
+     python -m scripts.bench_vla --preset tiny --image-size 64 --batch-sizes 1 10 32 --skip-7b  # cpu experiment
 """
 
 from __future__ import annotations
 
+import copy
 import resource
 import time
 from dataclasses import dataclass
@@ -19,8 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import tyro
+from PIL import Image
+from transformers import DynamicCache
 
+from scripts.cli import entry_point
 from vla import LoraSettings, OpenVLA, VLAPolicy, add_lora, preset_config
+from vla.config import ACTION_DIM
 from vla.policy import ValueHead
 
 GIB = 2**30
@@ -40,11 +52,15 @@ class BenchConfig:
     """torch CPU threads; 1 avoids OpenMP spin-waiting when the cores are shared with other jobs."""
     skip_7b: bool = False
     """Skip the 7B meta-device and footprint figures."""
+    lora_rank: int = 16
+    """Rank of the adapter of the merged-vs-unmerged comparison (LoRA on the LM linears, random B factors)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.preset not in ("tiny", "small") or min(self.batch_sizes) < 1 or self.repeats < 1:
             raise ValueError("preset must be tiny or small, batch sizes and repeats >= 1")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
@@ -105,16 +121,77 @@ def naive_actions(policy: VLAPolicy, images: np.ndarray, instructions: list[str]
         )
 
 
+def dynamic_cache_actions(policy: VLAPolicy, images: np.ndarray, instructions: list[str]) -> None:
+    """The previous decode loop: after the prefill, one full LlamaModel forward per action token, with the HF
+    attention mask grown by torch.cat and a DynamicCache (greedy, like an evaluation)."""
+    vla = policy.vla
+    lm = vla.language_model.model
+    batch = policy.preprocess(images, instructions)
+    mm = vla.embed_multimodal(batch.pixel_values, batch.input_ids, batch.attention_mask)
+    out = lm(
+        inputs_embeds=mm.inputs_embeds,
+        attention_mask=mm.attention_mask,
+        position_ids=mm.position_ids,
+        cache=DynamicCache(config=lm.config),
+        use_cache=True,
+    )
+    mask, position, hidden = mm.attention_mask, mm.position_ids[:, -1:] + 1, out.last_hidden_state[:, -1]
+    for step in range(ACTION_DIM):
+        chosen = vla.action_logits(hidden).argmax(-1) + vla.action_token_offset
+        if step + 1 == ACTION_DIM:
+            break
+        mask = torch.cat([mask, mask.new_ones(len(chosen), 1)], dim=1)
+        out = lm(
+            inputs_embeds=lm.embed_tokens(chosen[:, None]),
+            attention_mask=mask,
+            position_ids=position,
+            cache=out.cache,
+            use_cache=True,
+        )
+        position, hidden = position + 1, out.last_hidden_state[:, -1]
+
+
 def batched_actions(policy: VLAPolicy, images: np.ndarray, instructions: list[str]) -> None:
-    policy.generate(policy.preprocess(images, instructions), do_sample=True)
+    policy.generate(policy.preprocess(images, instructions), do_sample=False)
 
 
-def actions_per_second(method, policy: VLAPolicy, images: np.ndarray, instructions: list[str], repeats: int) -> float:
-    method(policy, images, instructions)  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
+def pil_pixels(policy: VLAPolicy, images: np.ndarray, instructions: list[str]) -> None:
+    """The previous preprocessing: PIL's bicubic resize one frame at a time, then the same normalization."""
+    size = policy.vla.config.image_size
+    frames = np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BICUBIC)) for i in images])
+    rgb = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+    (rgb.repeat(1, 2, 1, 1) - policy.processor.mean) / policy.processor.std
+
+
+def torch_pixels(policy: VLAPolicy, images: np.ndarray, instructions: list[str]) -> None:
+    policy.processor.pixel_values(list(images))
+
+
+def per_second(methods, policies, images: np.ndarray, instructions: list[str], repeats: int) -> list[float]:
+    """Items per second of each (method, policy) pair; the pairs take turns in every repeat, after a warm-up."""
+    for method, policy in zip(methods, policies, strict=True):
         method(policy, images, instructions)
-    return len(images) * repeats / (time.perf_counter() - start)
+    seconds = [0.0] * len(methods)
+    for _ in range(repeats):
+        for i, (method, policy) in enumerate(zip(methods, policies, strict=True)):
+            start = time.perf_counter()
+            method(policy, images, instructions)
+            seconds[i] += time.perf_counter() - start
+    return [len(images) * repeats / s for s in seconds]
+
+
+def adapted_copies(policy: VLAPolicy, rank: int, seed: int) -> tuple[VLAPolicy, VLAPolicy]:
+    """The policy with a random rank-`rank` LM adapter (peft, unmerged), and a copy with it merged."""
+    unmerged = copy.deepcopy(policy)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unmerged.add_lora(LoraSettings(r=rank, alpha=16))
+        for name, parameter in unmerged.named_parameters():
+            if "lora_B" in name:
+                parameter.data.normal_(std=0.05)
+    merged = copy.deepcopy(unmerged)
+    merged.merge_adapters()
+    return unmerged.eval(), merged.eval()
 
 
 @torch.inference_mode()
@@ -125,16 +202,35 @@ def bench_throughput(cfg: BenchConfig) -> None:
         f"\n{cfg.preset} preset: {n_params:,} parameters, fp32, CPU, {torch.get_num_threads()} threads, "
         f"{policy.vla.num_patches} patches, {cfg.image_size}px input frames"
     )
-    print(f"{'batch':>5} {'batched generate':>18} {'naive HF generate':>18} {'speed-up':>9}   (actions/s)")
+    with torch.inference_mode(False):
+        unmerged, merged = adapted_copies(policy, cfg.lora_rank, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
+    header = (
+        f"{'batch':>5} {'generate':>10} {'previous decode':>16} {'ratio':>6} {'naive HF':>9} {'ratio':>6}"
+        f" | LoRA r={cfg.lora_rank}: {'unmerged':>8} {'merged':>8} {'ratio':>6}"
+        f" | frames/s: {'PIL':>8} {'torch':>8} {'ratio':>6}"
+    )
+    print(header + "   (actions/s, greedy; naive HF samples)")
     for batch_size in cfg.batch_sizes:
         images, instructions = _observations(batch_size, cfg.image_size, rng)
-        ours = actions_per_second(batched_actions, policy, images, instructions, cfg.repeats)
-        naive = actions_per_second(naive_actions, policy, images, instructions, cfg.repeats)
-        print(f"{batch_size:>5} {ours:>18.1f} {naive:>18.1f} {ours / naive:>8.1f}x")
+        ours, previous = per_second(
+            (batched_actions, dynamic_cache_actions), (policy, policy), images, instructions, cfg.repeats
+        )
+        naive = per_second((naive_actions,), (policy,), images, instructions, cfg.repeats)[0]
+        lora, folded = per_second(
+            (batched_actions, batched_actions), (unmerged, merged), images, instructions, cfg.repeats
+        )
+        # Preprocessing is ~100x cheaper than a generate call: more repeats for a stable figure.
+        pil, tensor = per_second((pil_pixels, torch_pixels), (policy, policy), images, instructions, 50 * cfg.repeats)
+        print(
+            f"{batch_size:>5} {ours:>10.1f} {previous:>16.1f} {ours / previous:>5.2f}x {naive:>9.1f} {ours / naive:>5.1f}x"
+            f" | {'':>10} {lora:>8.1f} {folded:>8.1f} {folded / lora:>5.2f}x"
+            f" | {'':>10}{pil:>8.0f} {tensor:>8.0f} {tensor / pil:>5.1f}x"
+        )
 
 
+@entry_point
 def main(cfg: BenchConfig | None = None) -> None:
     cfg = cfg or tyro.cli(BenchConfig)
     torch.set_num_threads(cfg.threads)

@@ -19,6 +19,7 @@ import sys
 import tyro
 
 from eval.experiment import PRESETS, Experiment, ExperimentConfig
+from scripts.cli import entry_point
 
 
 def _ray_address_optional(args: list[str]) -> list[str]:
@@ -31,6 +32,7 @@ def _ray_address_optional(args: list[str]) -> list[str]:
     return out
 
 
+@entry_point
 def main(args: list[str] | None = None) -> None:
     args = _ray_address_optional(sys.argv[1:] if args is None else args)
     presets = {name: (f"{name} preset", cfg) for name, cfg in PRESETS.items()}

@@ -20,6 +20,7 @@ import tyro
 import envs
 from envs.video import RecordVideo
 from eval.evaluate import load_policy
+from scripts.cli import entry_point
 from vla.gym_policy import GymPolicy
 
 
@@ -56,6 +57,7 @@ class Args:
         envs.get_spec(self.task)  # unknown task ids fail here, with close matches
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     args = tyro.cli(Args, args=argv)
     policy = load_policy(args.model, args.adapter, n_action_bins=args.n_action_bins, seed=args.seed)

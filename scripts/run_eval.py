@@ -12,13 +12,16 @@ Writes eval.json, results.csv, results.md (and videos with --videos-per-task) in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import tyro
 
-from eval.evaluate import evaluate_checkpoint, load_policy
+from eval.evaluate import evaluate_checkpoint, load_policy, log_eval_record
 from eval.kl import collect_observations, sample_base
 from eval.suite import EvalRecord, load_suite
+from rollouts.tracking import WandbMode, WandbSettings, start_wandb
+from scripts.cli import entry_point
 
 
 @dataclass
@@ -57,8 +60,19 @@ class Args:
     """Replace an existing eval.json in --out."""
     method: str = ""
     """Label stored in the record (e.g. ppo, sft, base)."""
+    wandb: bool = False
+    """Also log the results table, success rates, KL and videos to Weights & Biases (into --out/wandb)."""
+    wandb_project: str = "razor"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team; None: your default)."""
+    wandb_group: str | None = None
+    """W&B group (e.g. the training run's)."""
+    wandb_mode: WandbMode = "auto"
+    """online, offline (files for `wandb sync`), or auto: WANDB_MODE if set, else online when logged in."""
 
 
+@entry_point
 def main(args: Args | None = None) -> EvalRecord:
     args = args or tyro.cli(Args)
     suite = load_suite(args.suite, episodes=args.episodes, tasks=args.tasks)
@@ -75,7 +89,13 @@ def main(args: Args | None = None) -> EvalRecord:
                               videos_per_task=args.videos_per_task, do_sample=args.sample, overwrite=args.overwrite,
                               method=args.method or ("base" if args.adapter is None else "finetuned"),
                               checkpoint=args.adapter or args.model)
-    print((__import__("pathlib").Path(args.out) / "results.md").read_text())
+    if args.wandb:
+        settings = WandbSettings(args.wandb_project, args.wandb_entity, args.wandb_group, args.wandb_mode)
+        run = start_wandb(settings, Path(args.out), asdict(args), name=f"eval_{Path(args.out).name}", job_type="eval",
+                          keep_id=False)  # fmt: skip
+        log_eval_record(run, rec, args.out)
+        run.finish()
+    print((Path(args.out) / "results.md").read_text())
     return rec
 
 

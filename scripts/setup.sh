@@ -2,7 +2,9 @@
 # Idempotent set-up for a fresh Debian 12 machine (also fine on any machine that already has the pieces):
 #   1. system packages for CPU rendering: Mesa 25 lavapipe (Vulkan, for SAPIEN/ManiSkill3) from bookworm-backports,
 #      and EGL/Mesa (for MuJoCo with MUJOCO_GL=egl);
-#   2. a virtual environment at $RAZOR_VENV (default .venv) with this project and its extras installed.
+#   2. a virtual environment at $RAZOR_VENV (default .venv) with this project and its extras installed, every
+#      package at the version pinned in requirements.lock (pip constraints; `python -m scripts.lock` regenerates
+#      it; RAZOR_NO_LOCK=1 resolves pyproject.toml's ranges afresh instead), then `pip check`.
 # Each step checks before it acts, so running it twice does nothing the second time.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,7 +49,9 @@ install_system_packages() {
 
 install_python_env() {
     local stamp="$VENV/.razor-installed"
-    local want; want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$EXTRAS"
+    local constraints=()
+    if [[ "${RAZOR_NO_LOCK:-0}" != 1 && -f "$ROOT/requirements.lock" ]]; then constraints=(-c "$ROOT/requirements.lock"); fi
+    local want; want="$(cat "$ROOT/pyproject.toml" "${constraints[@]:1}" | sha256sum | cut -c1-16)-$EXTRAS"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         log "python environment up to date ($VENV)"; return
     fi
@@ -56,11 +60,12 @@ install_python_env() {
         log "creating virtual environment $VENV with $PYTHON"
         "$PYTHON" -m venv "$VENV"
     fi
-    log "installing razor[$EXTRAS] (first time: a few minutes, several GB for torch)"
+    log "installing razor[$EXTRAS]${constraints:+ at the versions of requirements.lock} (first time: a few minutes, several GB for torch)"
     # Some machines list local package folders that pip warns about one by one: keep the log readable.
-    "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored: it is neither' || true; }
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    "$VENV/bin/python" -m pip install -q --upgrade pip "${constraints[@]}" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" "${constraints[@]}" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
     "$VENV/bin/python" -c "import vla, envs, rollouts, eval" || { log "install failed: see the pip output above"; exit 1; }
+    "$VENV/bin/python" -m pip check || { log "pip check found conflicting requirements (above)"; exit 1; }
     echo "$want" > "$stamp"
 }
 

@@ -18,10 +18,12 @@ import sys
 from rollouts import grpo, ppo, reinforce
 from rollouts.config import cli
 from rollouts.presets import RL_PRESETS
+from scripts.cli import entry_point
 
 TRAIN = {"ppo": ppo.train, "grpo": grpo.train, "reinforce": reinforce.train}
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)

@@ -141,6 +141,29 @@ def test_vector_env_restarts_a_killed_worker(vec):
     assert obs in vec.observation_space
 
 
+def test_vector_env_per_env_calls_step_some_envs_without_autoreset(vec):
+    vec.reset(seed=0)
+    still = np.zeros((2, ACTION_DIM), np.float32)
+    for _ in range(FAST_HORIZON):  # envs 0 and 2 run to their horizon; env 1 is left alone
+        vec.send_steps([0, 2], still, autoreset=False)
+        results = vec.recv([0, 2])
+    for obs, _, terminated, truncated, info in results:  # not reset: obs is the episode's last observation
+        assert truncated and not terminated and obs["state"][1] == pytest.approx(1.0) and "final_obs" not in info
+    vec.send_resets([2], [10])
+    (obs, _), = vec.recv([2])
+    single = envs.make(FAST_TASK)
+    expected, _ = single.reset(seed=10)
+    np.testing.assert_array_equal(obs["image"], expected["image"])
+    vec.send_steps([1], still[:1], autoreset=False)
+    (obs, *_), = vec.recv([1])
+    assert obs["state"][1] == pytest.approx(1 / FAST_HORIZON)  # env 1's first step
+    os.kill(vec.worker_pids[1], signal.SIGKILL)  # a dead worker: the step is a truncated failure, obs the last seen
+    vec.send_steps([1], still[:1], autoreset=False)
+    (obs, _, terminated, truncated, info), = vec.recv([1])
+    assert truncated and not terminated and info["worker_restarted"] and not info["success"]
+    assert obs["state"][1] == pytest.approx(1 / FAST_HORIZON)
+
+
 def test_vector_env_single_env_runs_in_process():
     vec = make_vec(FAST_TASK, 1)
     try:

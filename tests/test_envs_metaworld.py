@@ -33,6 +33,15 @@ def test_observation_contract(env):
     assert terminated is False and truncated is False
 
 
+def test_step_before_reset_is_a_clear_error():
+    env = envs.make("metaworld/reach", image_size=16)
+    try:
+        with pytest.raises(RuntimeError, match=r"metaworld/reach: call reset\(\) before step\(\)"):
+            env.step(np.zeros(7, np.float32))
+    finally:
+        env.close()
+
+
 def test_image_is_rotated_upright_for_corner_cameras():
     corner = envs.make("metaworld/reach", image_size=SIZE)
     top = envs.make("metaworld/reach", image_size=SIZE, camera="topview")
@@ -176,3 +185,15 @@ def test_bench_script_smoke(capsys):
     row = results["metaworld/pick-place"]
     assert {"raw_cpu", "make_cpu", "overhead_pct", "vec1", "vec2"} <= set(row) and all(v == v for v in row.values())
     assert "overhead" in capsys.readouterr().out
+
+
+def test_render_settings_same_pixels_where_declared():
+    """A buffer of the image's size renders the very pixels of MuJoCo's 640x480 default; dropping reflections (the
+    default since render version 2) changes only a few floor pixels (documented in envs/metaworld.py)."""
+    from scripts.bench_envs import BenchConfig, bench_frames
+
+    rows = bench_frames(BenchConfig(tasks=("metaworld/drawer-close",), image_size=SIZE, steps=4, repeats=1, frame=True))
+    rows = rows["metaworld/drawer-close"]
+    assert rows["image-size buffer"]["pixels_changed"] == 0.0
+    assert 0.0 < rows["default: no reflections"]["pixels_changed"] < 0.005
+    assert all(row["cpu_ms"] > 0 for row in rows.values())

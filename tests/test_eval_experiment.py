@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.experiment import Experiment, ExperimentConfig
+from eval.experiment import PRESETS, Experiment, ExperimentConfig
 from eval.stages import ExperimentMismatch
+from rollouts.config import ConfigError
 
 HAS_SFT = importlib.util.find_spec("rollouts.sft") is not None
 
@@ -65,6 +66,7 @@ def test_bad_experiment_configs(tmp_path):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "b"), model="/no/such/openvla-7b"), log=lambda s: None)
     with pytest.raises(ValueError, match="no scripted expert"):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "c"), new_task="maniskill/PokeCube"), log=lambda s: None)
+    assert not any((tmp_path / d).exists() for d in "abc")  # a failed check claims no run directory
     with pytest.raises(ValueError, match="warmup-new-task-demos 0"):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "d"), new_task="maniskill/PokeCube", methods=("ppo",),
                                     warmup=True), log=lambda s: None)
@@ -72,7 +74,22 @@ def test_bad_experiment_configs(tmp_path):
         ExperimentConfig(warmup=True, warmup_steps=0)
 
 
-def test_run_eval_script_smoke(tmp_path):
+def test_failed_check_does_not_block_the_corrected_rerun(tmp_path):
+    model = tmp_path / "openvla-7b"  # only its existence matters before the stages run
+    model.mkdir()
+    preset = PRESETS["openvla-7b"]
+    cfg = ExperimentConfig(**{**preset.to_dict(), "model": str(model), "run_dir": str(tmp_path / "run"),
+                              "new_task": "maniskill/PokeCube", "warmup": False})
+    with pytest.raises(ConfigError, match="SFT needs demos"):  # the new task has no scripted expert
+        Experiment(cfg, log=lambda s: None)
+    Experiment(ExperimentConfig(**{**cfg.to_dict(), "methods": ("ppo",)}), log=lambda s: None)
+    bare = ExperimentConfig(**{**preset.to_dict(), "run_dir": str(tmp_path / "bare")})  # `razor openvla-7b`
+    with pytest.raises(ConfigError, match="--model /path/to/openvla-7b"):
+        Experiment(bare, log=lambda s: None)
+    assert not (tmp_path / "bare").exists()
+
+
+def test_run_eval_script_smoke(tmp_path, capsys):
     from scripts.run_eval import Args, main
 
     base = main(Args(model="tiny", out=str(tmp_path / "base"), suite="toy", tasks=("toy/color-side",),
@@ -88,11 +105,14 @@ def test_run_eval_script_smoke(tmp_path):
                     base_record=str(tmp_path / "base"), kl_obs=2))
     assert rec.kl["kl_forward"] == 0.0  # a fresh adapter (B = 0) is pi0 exactly
     assert rec.comparison["avg_forgetting"] == 0.0  # same weights, same seeds, greedy decoding
-    with pytest.raises(FileExistsError):
+    # users' errors: the message alone, exit status 2 (scripts/cli.py)
+    with pytest.raises(SystemExit) as exit_info:
         main(Args(model="tiny", out=str(tmp_path / "base"), suite="toy", tasks=("toy/color-side",), episodes=2))
-    with pytest.raises((KeyError, ValueError), match="unnorm_key"):
+    assert exit_info.value.code == 2 and "eval.json exists; pass" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         main(Args(model="tiny", out=str(tmp_path / "x"), suite="toy", tasks=("toy/color-side",), episodes=2,
                   unnorm_key="bridge_orig", overwrite=True))
+    assert exit_info.value.code == 2 and "unnorm_key 'bridge_orig'" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # ~10 min on the 2-core machine: each Bridge env takes 10-40 s to build on lavapipe

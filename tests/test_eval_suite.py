@@ -96,3 +96,56 @@ def test_suite_yaml_and_errors(tmp_path):
     with pytest.raises(ValueError, match="was not evaluated"):
         make_record(r1, s0, new_task="toy/reach-side")
     json.dumps(base.to_dict())
+
+
+def _as_wave_runner(monkeypatch):
+    """Run the suite's wave path (today's masked waves, used for native vector envs) on process workers, by hiding
+    the vector env behind a plain gymnasium wrapper."""
+    import gymnasium as gym
+
+    import eval.suite as suite_module
+
+    make = suite_module._make_vec
+    monkeypatch.setattr(suite_module, "_make_vec", lambda *args: gym.vector.VectorWrapper(make(*args)))
+
+
+def test_refilled_envs_give_the_same_episodes_for_any_number_of_envs(monkeypatch):
+    """Episode k is seeds[k]'s episode whichever env runs it: 2 and 5 envs, halves overlapped or not, and the masked
+    waves all give the same per-episode successes and lengths."""
+    suite = Suite("toy-refill", [SuiteTask("toy/reach-side", 11), SuiteTask("toy/color-side", 7)], seed=3)
+    runs = {(n, overlap): evaluate(seeing_actor, suite, num_envs=n, overlap=overlap) for n in (2, 5) for overlap in (True, False)}
+    with monkeypatch.context() as m:
+        _as_wave_runner(m)
+        runs["waves"] = evaluate(seeing_actor, suite, num_envs=3)
+    reference = runs.pop((2, True))
+    assert len(set(reference["toy/reach-side"].episode_len)) > 1  # episodes end at different steps: refills happen
+    for t in suite.task_ids:
+        for run in runs.values():
+            assert run[t].episode_success == reference[t].episode_success
+            assert run[t].episode_len == reference[t].episode_len
+
+
+def test_refilled_metaworld_episodes_match_for_2_and_5_envs(monkeypatch):
+    pytest.importorskip("metaworld")
+
+    def pushing_actor(images, instructions):  # closes the drawer in 21-25 steps depending on the seed's scene
+        return np.tile(np.array([0.3, 0.6, -0.5, 0, 0, 0, 1], np.float32), (len(images), 1))
+
+    seeds, options = list(range(6)), {"image_size": 32}
+    runs = [run_task(pushing_actor, "metaworld/drawer-close", seeds, n, options, max_steps=24) for n in (2, 5)]
+    with monkeypatch.context() as m:
+        _as_wave_runner(m)
+        runs.append(run_task(pushing_actor, "metaworld/drawer-close", seeds, 4, options, max_steps=24))
+    assert 0 < runs[0].successes < len(seeds) and len(set(runs[0].episode_len)) > 1
+    for run in runs[1:]:
+        assert run.episode_success == runs[0].episode_success and run.episode_len == runs[0].episode_len
+
+
+def test_progress_bar_counts_finished_episodes(capsys, monkeypatch):
+    suite = Suite("toy-progress", [SuiteTask("toy/reach-side", 5)], seed=3)
+    evaluate(seeing_actor, suite, num_envs=2, progress=True)
+    with monkeypatch.context() as m:
+        _as_wave_runner(m)
+        evaluate(seeing_actor, suite, num_envs=2, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("toy/reach-side: 100%") == 2 and "5/5" in err

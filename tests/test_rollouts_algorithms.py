@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import envs
 from rollouts import checkpoint, grpo, ppo, reinforce, sft
@@ -349,3 +350,23 @@ def test_7b_presets_are_consistent_without_running_them():
     assert micro(a100) == 16 and micro(a40) == 8
     with pytest.raises(ValueError, match="openvla-7b needs its checkpoint"):
         VLAPolicy.from_pretrained(a100.model)
+
+
+def test_ppo_vision_cache_gives_the_same_update(tmp_path):
+    """Patch embeddings computed once per rollout (frozen vision) vs recomputed in every micro-batch: the same
+    losses, and the same adapter weights after two updates of two epochs x two minibatches."""
+    results = []
+    for cache in (True, False):
+        cfg = tiny_rl("ppo", tmp_path / str(cache), num_envs=8, num_steps=4, total_updates=2, num_minibatches=2,
+                      update_epochs=2, log_kl=True, checkpoint_every=2, cache_vision=cache)  # fmt: skip
+        torch.manual_seed(0)
+        ppo.train(cfg)
+        adapter = checkpoint.latest_checkpoint(cfg.run_dir) / "adapter" / "adapter_model.safetensors"
+        results.append((read_metrics(cfg.run_dir), load_file(adapter)))
+    (rows_cached, weights_cached), (rows_fresh, weights_fresh) = results
+    for cached, fresh in zip(rows_cached, rows_fresh, strict=True):
+        for key in ("losses/pg_loss", "losses/v_loss", "losses/approx_kl", "losses/kl_pi0", "losses/grad_norm"):
+            assert cached[key] == pytest.approx(fresh[key], rel=1e-5, abs=1e-7), key
+    assert weights_cached.keys() == weights_fresh.keys()
+    for name in weights_cached:
+        torch.testing.assert_close(weights_cached[name], weights_fresh[name], atol=1e-6, rtol=1e-5)

@@ -16,6 +16,8 @@ def test_record_videos_writes_one_clip_per_episode(tmp_path, capsys):
     assert "episode 1 seed 6" in capsys.readouterr().out
 
 
-def test_record_videos_rejects_unknown_task_before_loading_a_model():
-    with pytest.raises(KeyError, match="unknown task id"):
+def test_record_videos_rejects_unknown_task_before_loading_a_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--model", "tiny", "--task", "toy/colour-side"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unknown task id 'toy/colour-side'. Did you mean: toy/color-side")

@@ -1,6 +1,7 @@
 """Architecture, checkpoint format and loading of vla.modeling.OpenVLA."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from vla_fixtures import INSTRUCTIONS, make_tiny_policy, random_images
 
 from vla import LoraSettings, OpenVLA, OpenVLAConfig, VLAPolicy, add_lora, preset_config
-from vla.checkpoint import INDEX_FILE
+from vla.checkpoint import INDEX_FILE, CorruptCheckpointError
 
 
 @pytest.fixture
@@ -148,6 +149,13 @@ def test_missing_or_partial_checkpoints_are_reported(tiny_checkpoint, tmp_path):
     shard = sorted(tiny_checkpoint.glob("model-*.safetensors"))[-1]
     shard.unlink()
     with pytest.raises(FileNotFoundError, match=f"incomplete.*{shard.name}"):
+        OpenVLA.from_pretrained(tiny_checkpoint)
+
+
+def test_truncated_shard_names_the_file_and_the_fix(tiny_checkpoint):
+    shard = sorted(tiny_checkpoint.glob("model-*.safetensors"))[0]
+    os.truncate(shard, shard.stat().st_size - 100)  # an interrupted download
+    with pytest.raises(CorruptCheckpointError, match=rf"{shard}.*truncated or corrupt.*re-download it"):
         OpenVLA.from_pretrained(tiny_checkpoint)
 
 

@@ -23,6 +23,27 @@ from torch import nn
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _MAX_LISTED = 20
+REDOWNLOAD = "re-download it (e.g. `huggingface-cli download openvla/openvla-7b --local-dir DIR`) or save it again"
+
+
+class MissingCheckpointError(FileNotFoundError, ValueError):
+    """A checkpoint directory or one of its files is missing (the message names what and how to get it)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is truncated or not valid safetensors (the message names the file and the fix)."""
+
+
+def open_safetensors(path: str | Path, device: str = "cpu"):
+    """safe_open(path) whose failure on a truncated or corrupt file names the file and the fix."""
+    try:
+        return safe_open(str(path), framework="pt", device=device)
+    except FileNotFoundError:
+        raise MissingCheckpointError(f"checkpoint file {path} is missing; {REDOWNLOAD}") from None
+    except Exception as error:  # safetensors raises its own SafetensorError (and OSError for unreadable files)
+        raise CorruptCheckpointError(
+            f"checkpoint file {path} is truncated or corrupt ({error}); {REDOWNLOAD}"
+        ) from None
 
 
 def _listing(names: list[str]) -> str:
@@ -55,6 +76,18 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_safetensors(path: str | Path) -> None:
+    """Raise as open_safetensors does unless `path` is a complete safetensors file (reads the header only)."""
+    with open_safetensors(path):
+        pass
+
+
+def read_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file (errors as in open_safetensors)."""
+    with open_safetensors(path, device=device) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
 def read_weight_map(directory: Path) -> dict[str, str]:
     """Map each tensor name to its shard file, checking that every shard is present."""
     index_path, single_path = directory / INDEX_FILE, directory / SINGLE_FILE
@@ -64,15 +97,15 @@ def read_weight_map(directory: Path) -> dict[str, str]:
         except (json.JSONDecodeError, KeyError) as error:
             raise ValueError(f"{index_path} is not a safetensors index with a 'weight_map' ({error!r})") from error
     elif single_path.is_file():
-        with safe_open(single_path, framework="pt") as f:
+        with open_safetensors(single_path) as f:
             weight_map = {name: SINGLE_FILE for name in f.keys()}
     else:
         pickles = sorted(p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth"))
         hint = f" (found {pickles}: pickles are never loaded; convert them to safetensors)" if pickles else ""
-        raise FileNotFoundError(f"{directory} has neither {INDEX_FILE} nor {SINGLE_FILE}{hint}")
+        raise MissingCheckpointError(f"{directory} has neither {INDEX_FILE} nor {SINGLE_FILE}{hint}")
     missing_shards = sorted({shard for shard in weight_map.values() if not (directory / shard).is_file()})
     if missing_shards:
-        raise FileNotFoundError(
+        raise MissingCheckpointError(
             f"checkpoint {directory} is incomplete: shard files {missing_shards} listed in {INDEX_FILE} are missing; "
             "finish the download (e.g. `huggingface-cli download openvla/openvla-7b --local-dir DIR`)"
         )
@@ -108,7 +141,7 @@ def load_into(
     shards = sorted(set(weight_map.values()))
     mismatched = []
     for shard in shards:
-        with safe_open(directory / shard, framework="pt") as f:
+        with open_safetensors(directory / shard) as f:
             for name in f.keys():
                 if name in expected and tuple(f.get_slice(name).get_shape()) != tuple(expected[name]):
                     mismatched.append(
@@ -121,7 +154,7 @@ def load_into(
     read_device = "cpu" if device.type == "meta" else str(device)
     for shard in shards:
         tensors = {}
-        with safe_open(directory / shard, framework="pt", device=read_device) as f:
+        with open_safetensors(directory / shard, device=read_device) as f:
             for name in f.keys():
                 if weight_map.get(name) != shard:
                     continue

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from vla.checkpoint import atomic_directory, load_into, read_weight_map, save_sharded
+from vla.checkpoint import MissingCheckpointError, atomic_directory, load_into, read_weight_map, save_sharded
 from vla.config import OpenVLAConfig
 
 IGNORE_INDEX = -100  # label of positions that do not count in the LM loss (patches, prompt)
@@ -127,13 +127,42 @@ class MultimodalInputs:
     insert_index: torch.Tensor  # [B, T], source of each position in cat([prompt (L), patches (P)])
 
 
+class PreallocatedKVCache:
+    """The LM's keys and values for one generation, in buffers allocated once: [B, H_kv, T + steps, Dh] per layer.
+
+    `update` (the call HF's attention makes) writes one decode step's keys/values in place and returns views up to
+    that step: the same tensors a DynamicCache would return, without its per-step torch.cat reallocation.
+    """
+
+    def __init__(self, prefill_cache: DynamicCache, steps: int) -> None:
+        self.keys, self.values = [], []
+        for layer in prefill_cache.layers:
+            batch, heads, length, head_dim = layer.keys.shape
+            for prefilled, buffers in ((layer.keys, self.keys), (layer.values, self.values)):
+                buffer = prefilled.new_empty(batch, heads, length + steps, head_dim)
+                buffer[:, :, :length] = prefilled
+                buffers.append(buffer)
+        self.length = length  # positions filled so far
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """key_states, value_states [B, H_kv, 1, Dh] of the current step -> all keys, values so far."""
+        end = self.length + key_states.shape[2]
+        self.keys[layer_idx][:, :, self.length : end] = key_states
+        self.values[layer_idx][:, :, self.length : end] = value_states
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+
 @dataclass
 class DecodeState:
-    """What a cached decode step needs: the KV cache, the growing attention mask and each row's next position."""
+    """What the cached decode steps need, built once by `prefill` for all of them."""
 
-    cache: DynamicCache
-    attention_mask: torch.Tensor  # [B, T + steps so far]
-    next_position: torch.Tensor  # [B]
+    cache: PreallocatedKVCache
+    attention_mask: torch.Tensor | None  # [B, 1, 1, T + steps] bool (True: attend), None without padding
+    cos: torch.Tensor  # [B, steps, Dh] rotary embedding of each decode step's position
+    sin: torch.Tensor  # [B, steps, Dh]
+    step: int = 0  # decode steps done
 
 
 class OpenVLA(nn.Module):
@@ -176,9 +205,9 @@ class OpenVLA(nn.Module):
         """
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+            raise MissingCheckpointError(f"checkpoint directory {directory} does not exist")
         if not (directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: is it an OpenVLA checkpoint directory?")
+            raise MissingCheckpointError(f"{directory} has no {CONFIG_FILE}: is it an OpenVLA checkpoint directory?")
         config = OpenVLAConfig.load(directory / CONFIG_FILE)
         weight_map = read_weight_map(directory)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -215,12 +244,21 @@ class OpenVLA(nn.Module):
         """Vocabulary id of action bin 0 (the highest action value): base_vocab_size - n_action_bins."""
         return self.config.base_vocab_size - self.config.n_action_bins
 
+    def patch_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images [B, 6, S, S] -> projected patch embeddings [B, P, D] (the LM's input for the image)."""
+        return self.projector(self.vision_backbone(pixel_values))
+
     def embed_multimodal(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
     ) -> MultimodalInputs:
         """Embed prompts [B, L] and images [B, 6, S, S], inserting the P patch embeddings after each row's BOS.
 
-        BOS is the first attended token of a row, so left-padded rows keep their padding in front.
+        BOS is the first attended token of a row, so left-padded rows keep their padding in front. `patches`
+        [B, P, D]: the images' `patch_embeddings` computed before, used instead of `pixel_values`.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -228,7 +266,10 @@ class OpenVLA(nn.Module):
             raise ValueError(
                 f"{pixel_values.shape[0]} images but {input_ids.shape[0]} prompts; pass one image per prompt"
             )
-        patches = self.projector(self.vision_backbone(pixel_values))  # [B, P, D]
+        if patches is None:
+            patches = self.patch_embeddings(pixel_values)  # [B, P, D]
+        elif patches.shape[:2] != (input_ids.shape[0], self.num_patches):
+            raise ValueError(f"patches must be [{input_ids.shape[0]}, {self.num_patches}, D], got {list(patches.shape)}")
         tokens = self.language_model.get_input_embeddings()(input_ids)  # [B, L, D]
         batch, length = input_ids.shape
         n_patches = patches.shape[1]
@@ -269,34 +310,46 @@ class OpenVLA(nn.Module):
         )
 
     def prefill(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int
     ) -> tuple[torch.Tensor, DecodeState]:
         """One pass over images + left-padded prompts; returns the last prompt token's hidden state [B, D]
-        and the state for `decode_step`."""
+        and the state for `steps` calls of `decode_step` (KV buffers, attention mask and rotary embeddings of
+        all steps, built here so the decode loop allocates no cache and never syncs with the host)."""
         mm = self.embed_multimodal(pixel_values, input_ids, attention_mask)
-        out = self.language_model.model(
+        lm = self.language_model.model
+        out = lm(
             inputs_embeds=mm.inputs_embeds,
             attention_mask=mm.attention_mask,
             position_ids=mm.position_ids,
             cache=DynamicCache(config=self.language_model.config),
             use_cache=True,
         )
-        state = DecodeState(out.cache, mm.attention_mask, mm.position_ids[:, -1] + 1)
+        batch = len(input_ids)
+        # Like HF's sdpa mask: none when no row is padded, else each row's padding masked out.
+        mask = None
+        if not bool(mm.attention_mask.all()):
+            full = torch.cat([mm.attention_mask, mm.attention_mask.new_ones(batch, steps)], dim=1)
+            mask = full.bool()[:, None, None, :]
+        positions = mm.position_ids[:, -1:] + torch.arange(1, steps + 1, device=input_ids.device)  # [B, steps]
+        cos, sin = lm.rotary_emb(out.last_hidden_state, positions)
+        state = DecodeState(PreallocatedKVCache(out.cache, steps), mask, cos, sin)
         return out.last_hidden_state[:, -1], state
 
     def decode_step(self, token_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        """Feed one token per row [B] through the KV cache (updating `state`); returns its hidden state [B, D]."""
-        embeds = self.language_model.get_input_embeddings()(token_ids[:, None])
-        state.attention_mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(len(token_ids), 1)], 1)
-        out = self.language_model.model(
-            inputs_embeds=embeds,
-            attention_mask=state.attention_mask,
-            position_ids=state.next_position[:, None],
-            cache=state.cache,
-            use_cache=True,
-        )
-        state.next_position = state.next_position + 1
-        return out.last_hidden_state[:, -1]
+        """Feed one token per row [B] through the KV cache (updating `state`); returns its hidden state [B, D].
+
+        The LM's own decoder layers, called directly: the same attention and arithmetic as LlamaModel.forward,
+        without its per-call mask construction, cache bookkeeping and output containers."""
+        lm = self.language_model.model
+        hidden = lm.embed_tokens(token_ids[:, None])  # [B, 1, D]
+        step = state.step
+        rotary = (state.cos[:, step : step + 1], state.sin[:, step : step + 1])
+        end = state.cache.length + 1
+        mask = state.attention_mask[..., :end] if state.attention_mask is not None else None
+        for layer in lm.layers[: lm.config.num_hidden_layers]:
+            hidden = layer(hidden, attention_mask=mask, cache=state.cache, position_embeddings=rotary)
+        state.cache.length, state.step = end, step + 1
+        return lm.norm(hidden)[:, -1]
 
     def action_hidden_states(
         self,
@@ -304,12 +357,14 @@ class OpenVLA(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         action_tokens: torch.Tensor,
+        patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced hidden states [B, A, D] that predict each of the A action tokens [B, A]:
-        the last prompt token's, then those of action tokens 1..A-1. Prompts must be left-padded."""
+        the last prompt token's, then those of action tokens 1..A-1. Prompts must be left-padded.
+        `patches`: precomputed `patch_embeddings(pixel_values)` [B, P, D], if any."""
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("prompts must be left-padded (every row's last token attended); use VLAPolicy.preprocess")
-        mm = self.embed_multimodal(pixel_values, input_ids, attention_mask)
+        mm = self.embed_multimodal(pixel_values, input_ids, attention_mask, patches)
         n_actions = action_tokens.shape[1]
         action_embeds = self.language_model.get_input_embeddings()(action_tokens[:, :-1])
         steps = torch.arange(1, n_actions, device=input_ids.device)

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer
 
 from vla.actions import ActionStats, ActionTokenizer
-from vla.checkpoint import atomic_directory
+from vla.checkpoint import MissingCheckpointError, atomic_directory, check_safetensors, read_safetensors
 from vla.config import ACTION_DIM, PRESET_NAMES, preset_config
 from vla.lora import LoraSettings, add_lora
 from vla.modeling import OpenVLA, default_dtype
@@ -118,12 +118,12 @@ class VLAPolicy(nn.Module):
         dtype = dtype or default_dtype(device)
         path = Path(source)
         if str(source) == "openvla-7b" and not path.is_dir():
-            raise ValueError(
+            raise MissingCheckpointError(
                 "openvla-7b needs its checkpoint (weights and Llama tokenizer): pass the directory of the "
                 "downloaded openvla/openvla-7b instead of the preset name"
             )
         if not path.is_dir() and str(source) not in PRESET_NAMES:
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"{source!r} is neither a checkpoint directory nor a preset (presets: tiny, small; openvla-7b needs "
                 "its checkpoint directory)"
             )
@@ -147,7 +147,7 @@ class VLAPolicy(nn.Module):
                 tokenizer = build_tiny_tokenizer(config.n_action_bins)
             policy = cls(model, VLAProcessor(tokenizer, model.config))
         if path.is_dir() and (path / VALUE_HEAD_FILE).is_file():
-            policy.value_head.load_state_dict(load_file(path / VALUE_HEAD_FILE))
+            policy.value_head.load_state_dict(read_safetensors(path / VALUE_HEAD_FILE))
         if adapter_dir is not None:
             policy.load_adapters(adapter_dir)
         return policy
@@ -184,12 +184,13 @@ class VLAPolicy(nn.Module):
         if isinstance(self.model, PeftModel):
             raise ValueError("the policy already has adapters; merge_adapters() first")
         if not (directory / ADAPTER_WEIGHTS_FILE).is_file() or not (directory / "adapter_config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"{directory} lacks adapter_config.json or {ADAPTER_WEIGHTS_FILE} (pickled adapters are never loaded)"
             )
+        check_safetensors(directory / ADAPTER_WEIGHTS_FILE)  # a truncated file fails here, naming it
         self.model = PeftModel.from_pretrained(self.model, directory, is_trainable=trainable)
         if (directory / VALUE_HEAD_FILE).is_file():
-            self.value_head.load_state_dict(load_file(directory / VALUE_HEAD_FILE, device=str(self.device)))
+            self.value_head.load_state_dict(read_safetensors(directory / VALUE_HEAD_FILE, device=str(self.device)))
 
     def merge_adapters(self) -> None:
         """Fold the LoRA weights into the base weights and drop the adapters (pi0 becomes the merged model)."""
@@ -236,7 +237,7 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature} (use do_sample=False for greedy)")
         stats = self.action_stats(unnorm_key) if unnorm_key is not None else None
         _check_finite(batch)
-        hidden, state = self.vla.prefill(batch.pixel_values, batch.input_ids, batch.attention_mask)
+        hidden, state = self.vla.prefill(batch.pixel_values, batch.input_ids, batch.attention_mask, ACTION_DIM - 1)
         values = self.value_head(hidden)
         bins, log_probs = [], []
         for step in range(ACTION_DIM):
@@ -256,11 +257,20 @@ class VLAPolicy(nn.Module):
         return ActionOutput(actions.astype(np.float32), action_tokens, torch.stack(log_probs, dim=1), values)
 
     def evaluate_actions(
-        self, batch: PolicyBatch, action_tokens: torch.Tensor, temperature: float = 1.0
+        self,
+        batch: PolicyBatch,
+        action_tokens: torch.Tensor,
+        temperature: float = 1.0,
+        patch_embeddings: torch.Tensor | None = None,
     ) -> ActionScores:
-        """Score given action tokens [B, 7] (vocabulary ids) in one teacher-forced forward pass, with gradients."""
+        """Score given action tokens [B, 7] (vocabulary ids) in one teacher-forced forward pass, with gradients.
+
+        patch_embeddings: `self.patch_embeddings(batch)` [B, P, D] computed earlier, reused instead of running the
+        vision backbone and projector again (valid while they are frozen: `vision_frozen`)."""
         self._check_action_tokens(batch, action_tokens)
-        hidden = self.vla.action_hidden_states(batch.pixel_values, batch.input_ids, batch.attention_mask, action_tokens)
+        hidden = self.vla.action_hidden_states(
+            batch.pixel_values, batch.input_ids, batch.attention_mask, action_tokens, patch_embeddings
+        )
         logits = self.vla.action_logits(hidden).float()  # [B, 7, n_bins]
         log_p = F.log_softmax(logits / temperature, dim=-1)
         chosen = (action_tokens - self.vla.action_token_offset).unsqueeze(-1)
@@ -270,6 +280,18 @@ class VLAPolicy(nn.Module):
             values=self.value_head(hidden[:, 0]),
             logits=logits,
         )
+
+    def patch_embeddings(self, batch: PolicyBatch) -> torch.Tensor:
+        """The projected patch embeddings [B, P, D] of the batch's images (the vision half of `evaluate_actions`)."""
+        _check_finite(batch)
+        return self.vla.patch_embeddings(batch.pixel_values)
+
+    @property
+    def vision_frozen(self) -> bool:
+        """True when no parameter of the vision backbone or projector trains (LoRA on the LM only, the default):
+        then an image's patch embeddings stay the same across optimizer steps."""
+        vision = (self.vla.vision_backbone, self.vla.projector)
+        return not any(p.requires_grad for module in vision for p in module.parameters())
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
