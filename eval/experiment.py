@@ -28,6 +28,7 @@ A run directory made by another config is refused (ExperimentMismatch); the fiel
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import importlib.util
 import json
@@ -331,6 +332,7 @@ class Experiment:
                                  torch_threads=cfg.num_threads)
             t0 = time.perf_counter()
             summary = sft.train(tcfg)
+            gc.collect()  # the trained copy must be gone before a second 7B model is loaded to merge into
             policy = load_policy(pi0, latest_checkpoint(train_dir) / ADAPTER_DIR, n_action_bins=cfg.n_action_bins)
             policy.merge_adapters()  # the warmed-up pi0: LoRA folded into the weights, norm_stats kept in config
             policy.save_pretrained(out / "pi0")
