@@ -41,7 +41,7 @@ from rollouts.collect import Rollout
 from rollouts.ppo import ppo_update
 from rollouts.presets import BRIDGE_TASK, RL_PRESETS
 from rollouts.run import Run
-from scripts.bench_vla import batched_actions, naive_actions, per_second
+from scripts.bench_vla import batched_actions, naive_actions
 from scripts.cli import entry_point
 from vla.config import ACTION_DIM, OpenVLAConfig
 from vla.modeling import CONFIG_FILE
@@ -98,7 +98,8 @@ def _peak_gb(device: torch.device) -> float:
 
 
 def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Seconds per call of fn() after one warm-up call."""
+    """Wall-clock seconds per call of fn() after one warm-up call, the device synchronized (GPU work is
+    asynchronous, so the CPU time of this process would not measure it)."""
     fn()
     _sync(device)
     start = time.perf_counter()
@@ -129,10 +130,11 @@ def bench_generate(policy, cfg: BenchGPUConfig, device: torch.device, rng: np.ra
     with policy.adapters_disabled():
         for batch in cfg.batch_sizes:
             images, instructions = _observations(batch, size, rng)
-            rates[batch] = per_second([batched_actions], [policy], images, instructions, cfg.repeats)[0]
+            seconds = _timed(lambda: batched_actions(policy, images, instructions), device, cfg.repeats)
+            rates[batch] = batch / seconds
             print(f"  generate, batch {batch:>3}: {rates[batch]:10.1f} actions/s", flush=True)
         images, instructions = _observations(cfg.naive_observations, size, rng)
-        naive = per_second([naive_actions], [policy], images, instructions, 1)[0]
+        naive = len(images) / _timed(lambda: naive_actions(policy, images, instructions), device, 1)
     print(f"  naive HF generate, one at a time: {naive:10.1f} actions/s", flush=True)
     return {
         "batched_actions_per_s": rates,
