@@ -374,12 +374,27 @@ class Experiment:
             policy = load_policy(pi0, n_action_bins=self.cfg.n_action_bins)
             rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out, unnorm_key=self.cfg.unnorm_key,
                                       num_envs=self.cfg.eval_num_envs, videos_per_task=self.cfg.videos_per_task,
-                                      progress=self.cfg.progress, overwrite=True, run="base", method="base", step=0, checkpoint=pi0,
+                                      progress=self.cfg.progress, overwrite=True, run="base", method="base", step=0,
+                                      checkpoint=pi0,
                                       kl={"kl_forward": 0.0, "kl_reverse": 0.0, "kl_reverse_is": 0.0, "tv": 0.0})
+            self._log_eval_to_wandb(rec, out, "eval_base")
             return {"path": str(out), "rates": rec.rates()}
 
         self.stages.run("eval_base", run)
         return out
+
+    def _log_eval_to_wandb(self, rec, out: Path, name: str) -> None:
+        """With --wandb, one W&B eval run per evaluation, grouped with the experiment's training runs."""
+        if not self.cfg.wandb:
+            return
+        from eval.evaluate import log_eval_record
+        from rollouts.tracking import WandbSettings, start_wandb
+
+        settings = WandbSettings(self.cfg.wandb_project, self.cfg.wandb_entity, self.dir.resolve().name,
+                                 self.cfg.wandb_mode)
+        run = start_wandb(settings, out, self.cfg.to_dict(), name=name, job_type="eval", keep_id=False)
+        log_eval_record(run, rec, out)
+        run.finish()
 
     def runs(self) -> list[tuple[str, str, float]]:
         """(run name, method, lr) of the sweep."""
@@ -462,6 +477,7 @@ class Experiment:
                                       videos_per_task=self.cfg.videos_per_task if last else 0, overwrite=True,
                                       progress=self.cfg.progress,
                                       run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
+            self._log_eval_to_wandb(rec, out, f"eval_{name}_step{step:06d}")
             return {"path": str(out), "new_success": rec.tasks[self.cfg.new_task]["rate"],
                     "avg_forgetting": (rec.comparison or {}).get("avg_forgetting"),
                     "kl_forward": (rec.kl or {}).get("kl_forward")}
