@@ -64,9 +64,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(f"episode length min/mean/max: {min(lengths)}/{np.mean(lengths):.1f}/{max(lengths)}")
     for key, value in dataset.episode(0).items():
         print(f"  {key:<12} {str(value.dtype):<8} {list(value.shape)}" + (f"  {value}" if value.ndim == 0 else ""))
-    actions = np.concatenate([dataset.episode(i, keys=("actions",))["actions"] for i in range(len(dataset))])
+    actions = dataset.actions()
     print("actions min " + " ".join(f"{v:+.3f}" for v in actions.min(0)))
     print("actions max " + " ".join(f"{v:+.3f}" for v in actions.max(0)))
+    if meta.get("action_stats"):
+        print("actions q01 " + " ".join(f"{v:+.3f}" for v in meta["action_stats"]["q01"]))
+        print("actions q99 " + " ".join(f"{v:+.3f}" for v in meta["action_stats"]["q99"]))
 
 
 def cmd_expert(args: argparse.Namespace) -> None:

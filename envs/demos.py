@@ -13,6 +13,10 @@ Dataset layout (schema version 1), one directory per task:
                                the episode's index when it was kept, else null
         episodes               the kept episodes: [{"file", "seed", "length", "success", "return"}]
         expert_success_rate    successful attempts / attempts
+        action_stats           statistics of the kept episodes' actions, per dimension, in the layout of an OpenVLA
+                               norm_stats entry's "action": mean, std, min, max, q01, q99 (1st/99th percentiles),
+                               mask (True where a model normalizes it: all but the gripper); written when
+                               generation ends
     episode_000000.npz, ...    one compressed archive per kept episode, T = its number of steps:
         images                 uint8 [T, H, W, 3]  the observation image before each action
         states                 float32 [T, D]      the observation state before each action
@@ -22,6 +26,9 @@ Dataset layout (schema version 1), one directory per task:
         instruction            str (0-d array)     the observation's instruction
         seed                   int64 (0-d)         the reset seed
     The observation after the last action is not stored (episodes end at success or at the horizon).
+
+A mixture (`combine_demos`) is a dataset of the same schema whose episodes come from several datasets (hard links
+to their files); its task_id, instruction, ... are lists over the sources, and each episode records its task_id.
 
 Every file is written to a temporary name and renamed, and meta.json is rewritten after each attempt, so an
 interrupted run leaves a valid dataset and calling generate_demos again with the same arguments resumes it.
@@ -38,7 +45,7 @@ from typing import Any, Callable, Iterator
 import gymnasium as gym
 import numpy as np
 
-from envs.registry import Expert, check_action, get_spec, make
+from envs.registry import GRIPPER, Expert, check_action, get_spec, make
 
 SCHEMA_VERSION = 1
 META_FILE = "meta.json"
@@ -155,6 +162,10 @@ def generate_demos(
     finally:
         env.close()
 
+    dataset = DemoDataset(root)
+    if len(dataset):
+        meta["action_stats"] = action_statistics(dataset.actions())
+        _write_atomic(root / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     attempts = meta["attempts"]
     rate = meta["expert_success_rate"] or 0.0
     log(
@@ -163,6 +174,61 @@ def generate_demos(
     )
     if len(meta["episodes"]) < num_episodes:
         log(f"warning: stopped after {len(attempts)} attempts with {len(meta['episodes'])}/{num_episodes} episodes")
+    return DemoDataset(root)
+
+
+def action_statistics(actions: np.ndarray) -> dict[str, list]:
+    """Per-dimension statistics of actions [N, 7] in the layout of OpenVLA's norm_stats[dataset]["action"]."""
+    actions = np.asarray(actions, np.float64)
+    return {
+        "mean": actions.mean(0).tolist(),
+        "std": actions.std(0).tolist(),
+        "min": actions.min(0).tolist(),
+        "max": actions.max(0).tolist(),
+        "q01": np.quantile(actions, 0.01, axis=0).tolist(),
+        "q99": np.quantile(actions, 0.99, axis=0).tolist(),
+        "mask": [i != GRIPPER for i in range(actions.shape[1])],
+    }
+
+
+def combine_demos(dataset_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> DemoDataset:
+    """A mixture of demo datasets in `out_dir`: every episode of each source, hard-linked (copied where links are
+    impossible), with action statistics over all of them. An existing mixture of the same sources is reused."""
+    root = Path(out_dir)
+    sources = [DemoDataset(d) for d in dataset_dirs]
+    names = [str(Path(d).resolve()) for d in dataset_dirs]
+    if (root / META_FILE).exists():
+        existing = DemoDataset(root)
+        if existing.meta.get("sources") != names:
+            raise ValueError(f"{root} holds a mixture of {existing.meta.get('sources')}, not {names}")
+        return existing
+    root.mkdir(parents=True, exist_ok=True)
+    episodes = []
+    for source in sources:
+        for episode in source.meta["episodes"]:
+            file_name = f"episode_{len(episodes):06d}.npz"
+            target = root / file_name
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source.root / episode["file"], target)
+            except OSError:
+                _write_atomic(target, lambda f: f.write((source.root / episode["file"]).read_bytes()))
+            episodes.append({**episode, "file": file_name, "task_id": source.meta["task_id"]})
+    keys = ("task_id", "instruction", "suite", "robot", "backend", "backend_env_id")
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        **{key: [source.meta[key] for source in sources] for key in keys},
+        "env_options": sources[0].meta["env_options"],
+        "sources": names,
+        "seed": [source.meta["seed"] for source in sources],
+        "keep_failures": any(source.meta["keep_failures"] for source in sources),
+        "num_requested": len(episodes),
+        "attempts": [attempt for source in sources for attempt in source.meta["attempts"]],
+        "episodes": episodes,
+        "expert_success_rate": None,
+        "action_stats": action_statistics(np.concatenate([s.actions() for s in sources])) if episodes else None,
+    }
+    _write_atomic(root / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return DemoDataset(root)
 
 
@@ -190,6 +256,10 @@ class DemoDataset:
         """Episode `index`: its arrays (see the module docstring), or only `keys` (others are not decompressed)."""
         with np.load(self.root / self.meta["episodes"][index]["file"]) as archive:
             return {key: archive[key] for key in (keys or archive.files)}
+
+    def actions(self) -> np.ndarray:
+        """Every step's action, float32 [num_steps, 7], in episode order."""
+        return np.concatenate([self.episode(i, ("actions",))["actions"] for i in range(len(self))])
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for index in range(len(self)):

@@ -26,7 +26,9 @@ maniskill/* (suite "maniskill-panda", robot "panda"): ManiSkill3's tabletop task
   The robot's initial joint positions get ManiSkill's small noise (std 0.02 rad).
 
 Seeding: reset(seed=s) seeds ManiSkill's episode RNG (and torch, inside a fork), so the same s gives the same scene;
-reset() continues that seed's stream (ManiSkill's `enhanced_determinism`).
+reset() continues that seed's stream (ManiSkill's `enhanced_determinism`). Bridge scenes: before every reset the
+robot is put back at rest as construction left it, since ManiSkill lets the objects settle before it resets the
+robot (the previous episode's arm could knock them); so reset(seed=s) gives the same scene whatever came before.
 
 Every conversion lives here:
 - Actions, contract [dx, dy, dz, droll, dpitch, dyaw, gripper] (`envs.registry`: deltas in [-1, 1], gripper
@@ -73,8 +75,12 @@ CUDA is present, and None otherwise. It is written device-agnostically and teste
 when present, else SAPIEN's CPU (Vulkan lavapipe) renderer; OMP_NUM_THREADS=1 makes CPU rendering ~20% cheaper
 (the vector workers set it; set it yourself for single envs if torch is not sharing the process).
 
-Experts (`MotionPlanningExpert`): ManiSkill's motion-planning solutions (mani_skill.examples.motionplanning.panda)
-for PickCube, StackCube, PushCube, PullCube, PlaceSphere and LiftPegUpright, re-expressed as contract actions.
+Experts: `MotionPlanningExpert`, ManiSkill's motion-planning solutions (mani_skill.examples.motionplanning.panda)
+for PickCube, StackCube, PushCube, PullCube, PlaceSphere and LiftPegUpright, re-expressed as contract actions;
+`BridgeExpert`, a top-down grasp-and-place planner over the scene state for the four Bridge tasks, whose actions are
+Bridge-sized steps (within 0.9 x OpenVLA's bridge_orig q01/q99) sent through the same WidowX conversion as a
+policy's, so a recorded demo replays as a policy's actions would. Measured on the 2-core CPU (64 px, seeds 0-29):
+see README's "Measured".
 """
 
 from __future__ import annotations
@@ -169,6 +175,9 @@ class Task:
     """Name of the motion-planning solution in mani_skill.examples.motionplanning.panda.solutions, if any."""
     models: tuple[str, ...] = ()
     """Bridge object models the scene loads (checked before the env is built)."""
+    place_height: float | None = None
+    """Bridge expert (`BridgeExpert`): height (m) of the source object's centre above the target's centre at which
+    it is released; None: the task has no Bridge expert."""
 
     @property
     def task_id(self) -> str:
@@ -176,15 +185,18 @@ class Task:
         return f"{prefix}/{self.env_id.removesuffix('-v1')}"
 
 
+# Release heights: half the target's and the source's heights (bounding boxes of the scene's model database) plus
+# ~1 cm of drop (0.8 cm for the cube, which must land within 2.4 cm of the yellow cube's centre); the eggplant is
+# dropped from higher, into the basket (success allows a 6 cm gap).
 BRIDGE_TASKS = (
     Task("PutCarrotOnPlateInScene-v1", "put carrot on plate", 60, WIDOWX,
-         models=("bridge_carrot_generated_modified", "bridge_plate_objaverse_larger")),
+         models=("bridge_carrot_generated_modified", "bridge_plate_objaverse_larger"), place_height=0.035),
     Task("PutSpoonOnTableClothInScene-v1", "put the spoon on the towel", 60, WIDOWX,
-         models=("bridge_spoon_generated_modified", "table_cloth_generated_shorter")),
+         models=("bridge_spoon_generated_modified", "table_cloth_generated_shorter"), place_height=0.03),
     Task("StackGreenCubeOnYellowCubeBakedTexInScene-v1", "stack the green block on the yellow block", 60, WIDOWX,
-         models=("baked_green_cube_3cm", "baked_yellow_cube_3cm")),
+         models=("baked_green_cube_3cm", "baked_yellow_cube_3cm"), place_height=0.038),
     Task("PutEggplantInBasketScene-v1", "put eggplant into yellow basket", 120, WIDOWX,
-         models=("eggplant", "dummy_sink_target_plane", "sink")),
+         models=("eggplant", "dummy_sink_target_plane", "sink"), place_height=0.06),
 )  # fmt: skip
 # Horizons: 1.5-1.7x the expert's longest episode (stride 2, seeds 0-9: 45, 60, 39, 40, 70, 99 steps), leaving a
 # slower policy room; PokeCube and RollBall, which have no expert: twice ManiSkill's own.
@@ -243,6 +255,50 @@ def panda_action_toward(current: np.ndarray, target: np.ndarray, openness: float
     r_delta = rotations.quat_to_matrix(target[3:]) @ rotations.quat_to_matrix(current[3:]).T
     delta_euler = rotations.matrix_to_euler(r_delta, "xyz") / PANDA_ROTATION_SCALE
     action = np.concatenate([delta_pos, delta_euler, [openness]])
+    return check_action(action)
+
+
+BRIDGE_ORIG_Q01 = np.array([-0.02872725307941437, -0.04170349963009357, -0.026093858778476715,
+                            -0.08092105075716972, -0.09288699507713317, -0.20718276381492615])
+BRIDGE_ORIG_Q99 = np.array([0.028309678435325586, 0.040855254605412394, 0.040161586627364146,
+                            0.08192047759890528, 0.07792850524187081, 0.20382574498653397])
+"""OpenVLA-7B's "bridge_orig" action statistics (1st/99th percentiles of BridgeData v2's [dx, dy, dz, droll, dpitch,
+dyaw] per 5 Hz step, metres and radians; config.json's norm_stats): what its action tokens resolve."""
+WIDOWX_EXPERT_FRACTION = 0.9
+"""The WidowX expert's per-step deltas stay within this fraction of [BRIDGE_ORIG_Q01, BRIDGE_ORIG_Q99], so that its
+demos are Bridge-like motions that survive OpenVLA's normalization without clipping."""
+
+
+def widowx_action_toward(
+    current: np.ndarray, target: np.ndarray, openness: float, fraction: float = WIDOWX_EXPERT_FRACTION
+) -> np.ndarray:
+    """The WidowX contract action [7] that moves the controller's target pose from `current` toward `target`: the
+    inverse of widowx_action_to_controller's pose change, scaled down (direction kept) to at most `fraction` of
+    the bridge_orig q01/q99 range per dimension.
+
+    Poses are [7] = position (m) + quaternion (w, x, y, z) in the robot-base frame. The controller adds the xyz
+    delta to the target position and left-multiplies the target rotation by the rotation whose intrinsic "XYZ"
+    angles are the rotation vector it receives; so the contract's Euler angles are chosen to make that rotation
+    vector equal the intrinsic angles of the wanted rotation (exact, not only to second order).
+    """
+    low, high = fraction * BRIDGE_ORIG_Q01, fraction * BRIDGE_ORIG_Q99
+
+    def scale_into_bounds(delta: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+        limits = np.where(delta > 0, hi, lo)
+        ratios = np.divide(limits, delta, out=np.ones_like(delta), where=np.abs(delta) > 1e-12)
+        return float(min(1.0, ratios.min()))
+
+    delta_pos = target[:3] - current[:3]
+    delta_pos = delta_pos * scale_into_bounds(delta_pos, low[:3], high[:3])
+
+    def contract_euler(rotvec: np.ndarray) -> np.ndarray:
+        controller_angles = rotations.matrix_to_euler(rotations.axis_angle_to_matrix(rotvec), "XYZ")
+        return rotations.axis_angle_to_euler(controller_angles, "xyz")
+
+    wanted = rotations.quat_to_matrix(target[3:]) @ rotations.quat_to_matrix(current[3:]).T  # about base axes
+    rotvec = rotations.matrix_to_axis_angle(wanted)
+    rotvec = rotvec * scale_into_bounds(contract_euler(rotvec), low[3:], high[3:])
+    action = np.concatenate([delta_pos, contract_euler(rotvec), [openness]])
     return check_action(action)
 
 
@@ -384,6 +440,9 @@ class ManiSkillBatch:
         self._ee_link = agent.robot.links_map[task.robot.ee_link]
         self.state_dim = 2 * agent.robot.get_qpos().shape[-1] + 7
         self.instruction = self.env.get_language_instruction()[0] if task.robot is WIDOWX else task.instruction
+        # The robot as construction left it (see reset): joint positions and the joints' drive targets.
+        robot = agent.robot
+        self._rest_robot = (robot.get_qpos().clone(), robot.get_drive_targets().clone())
 
     def _camera_config(self) -> dict:
         h, w = self.image_hw
@@ -422,8 +481,28 @@ class ManiSkillBatch:
 
     # ---- API --------------------------------------------------------------------------------------------------
     def reset(self, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[dict, list[dict]]:
+        if self.task.robot is WIDOWX:
+            self._restore_rest_robot()
         raw_obs, raw_info = self.env.reset(seed=seed, options=dict(options or {}))
         return self.observation(raw_obs), self.infos(raw_info)
+
+    def _restore_rest_robot(self) -> None:
+        """Put the robot back where construction left it, at rest, with the same drive targets; stop the objects.
+
+        The Bridge scenes let the objects settle (0.5-6 s of simulation) before they reset the robot, so without
+        this the previous episode's last arm pose and drive targets take part in the settling (e.g. a gripper left
+        hovering over one episode's plate knocks the next episode's carrot over), and so do the velocities the
+        objects had when it ended (a dropped eggplant still rolling). With it, reset(seed=s) gives the
+        same scene after any history as in a fresh env, and a recorded demo replays the same in another process.
+        """
+        robot = self.env.agent.robot
+        qpos, drive_targets = self._rest_robot
+        robot.set_qpos(qpos)
+        robot.set_qvel(qpos * 0)
+        robot.set_joint_drive_targets(drive_targets, robot.active_joints)
+        for actor in self.env.objs.values():  # the scene re-poses them but keeps their last velocities
+            actor.set_linear_velocity(actor.get_linear_velocity() * 0)
+            actor.set_angular_velocity(actor.get_angular_velocity() * 0)
 
     def partial_reset(self, env_indices: np.ndarray) -> dict:
         """Reset only the sub-scenes `env_indices` (ManiSkill's partial reset, each continuing its own seed stream);
@@ -586,6 +665,107 @@ class MotionPlanningExpert:
         return panda_action_toward(current, pose, openness=(gripper + 1.0) / 2.0)
 
 
+@dataclass
+class _Phase:
+    """One phase of the Bridge expert: drive the controller target to a pose with the gripper open or closed."""
+
+    name: str
+    position: np.ndarray
+    """[3] end-effector goal position (m, robot-base frame)."""
+    rotation: np.ndarray
+    """[3, 3] end-effector goal rotation (robot-base frame)."""
+    openness: float
+    """1.0 open, 0.0 closed."""
+    hold: int = 0
+    """> 0: a gripper phase, it lasts exactly this many steps; 0: a move, until the pose is reached."""
+
+
+class BridgeExpert:
+    """A scripted top-down pick-and-place expert for the Bridge/WidowX tasks over ManiSkill's privileged scene state.
+
+    reset() reads the source and target objects' poses (robot-base frame) and plans seven phases: above the source
+    (open), down to its centre, close, lift, over the target, down to the release height (`Task.place_height`
+    above the target's centre), open. The gripper points straight down, turned about the vertical so that the
+    fingers close across the source's long axis (its model x axis; the turn of least magnitude). When the lift ends,
+    the object's offset from the gripper is measured and the two placing waypoints are shifted by it, so that the
+    object (not the gripper) lands on the target.
+
+    act() emits contract actions through `widowx_action_toward`: the delta from the arm controller's running target
+    pose (which is what the controller adds the delta to) toward the phase's goal, limited to Bridge-like step
+    sizes. A move phase ends when the target has reached its goal and the measured end effector is within
+    `reach_tolerance`, or after `max_move_steps`; a gripper phase lasts `gripper_steps`. After the last phase it
+    holds still with the gripper open.
+    """
+
+    def __init__(self, task: Task, approach_height: float = 0.07, lift_height: float = 0.08,
+                 carry_height: float = 0.05, reach_tolerance: float = 0.01, max_move_steps: int = 15,
+                 gripper_steps: int = 3):
+        """Heights (m): the approach above the source's centre, the lift above it, the carry above the release
+        point; the gripper phases last `gripper_steps` steps (0.6 s at 5 Hz: the fingers close in ~2)."""
+        if task.place_height is None:
+            raise ValueError(f"{task.task_id} has no Bridge expert (Task.place_height is None)")
+        self.task = task
+        self.approach_height, self.lift_height, self.carry_height = approach_height, lift_height, carry_height
+        self.reach_tolerance, self.max_move_steps, self.gripper_steps = reach_tolerance, max_move_steps, gripper_steps
+        self.phases: list[_Phase] = []
+        self._phase, self._steps_in_phase = 0, 0
+        self._env = None
+
+    # ---- privileged state (robot-base frame) ----
+    def _pose_in_base(self, actor) -> np.ndarray:
+        return (self._env.agent.robot.pose.inv() * actor.pose).raw_pose[0].cpu().numpy().astype(np.float64)
+
+    def _controller_target(self) -> np.ndarray:
+        arm = self._env.agent.controller.controllers["arm"]
+        return arm.get_state()["target_pose"][0].cpu().numpy().astype(np.float64)
+
+    def reset(self, env: gym.Env, obs: dict, info: dict) -> None:
+        self._env = ms_env = env.unwrapped.maniskill_env
+        source = self._pose_in_base(ms_env.objs[ms_env.source_obj_name])
+        target = self._pose_in_base(ms_env.objs[ms_env.target_obj_name])
+        long_axis = rotations.quat_to_matrix(source[3:])[:, 0]
+        yaw = (np.arctan2(long_axis[1], long_axis[0]) + np.pi / 2) % np.pi - np.pi / 2  # in [-pi/2, pi/2)
+        # ee_gripper_link's x axis is the approach direction: pitch it down by pi/2, then turn it by the yaw.
+        grasp = rotations.euler_to_matrix(np.array([0.0, np.pi / 2, yaw]))
+        up = np.array([0.0, 0.0, 1.0])
+        place = target[:3] + self.task.place_height * up
+        self.phases = [
+            _Phase("approach", source[:3] + self.approach_height * up, grasp, 1.0),
+            _Phase("descend", source[:3], grasp, 1.0),
+            _Phase("grasp", source[:3], grasp, 0.0, hold=self.gripper_steps),
+            _Phase("lift", source[:3] + self.lift_height * up, grasp, 0.0),
+            _Phase("carry", place + self.carry_height * up, grasp, 0.0),
+            _Phase("lower", place, grasp, 0.0),
+            _Phase("release", place, grasp, 1.0, hold=self.gripper_steps),
+        ]
+        self._phase, self._steps_in_phase = 0, 0
+
+    def _phase_done(self, phase: _Phase, ee_position: np.ndarray) -> bool:
+        if phase.hold:
+            return self._steps_in_phase >= phase.hold
+        target_reached = np.linalg.norm(self._controller_target()[:3] - phase.position) < 1e-4
+        ee_reached = np.linalg.norm(ee_position - phase.position) < self.reach_tolerance
+        reached = self._steps_in_phase > 0 and target_reached and ee_reached
+        return reached or self._steps_in_phase > self.max_move_steps
+
+    def act(self, obs: dict) -> np.ndarray:
+        ee_position = obs["state"][-7:-4].astype(np.float64)
+        if self._phase < len(self.phases) and self._phase_done(self.phases[self._phase], ee_position):
+            self._phase, self._steps_in_phase = self._phase + 1, 0
+            if self._phase < len(self.phases) and self.phases[self._phase].name == "carry":
+                # Place the object, not the gripper: shift the placing waypoints by the grasped object's offset.
+                held = self._pose_in_base(self._env.objs[self._env.source_obj_name])[:3]
+                for phase in self.phases[self._phase:]:
+                    phase.position = phase.position + ee_position - held
+        self._steps_in_phase += 1
+        current = self._controller_target()
+        if self._phase >= len(self.phases):
+            return widowx_action_toward(current, current, 1.0)
+        phase = self.phases[self._phase]
+        goal = np.concatenate([phase.position, rotations.matrix_to_quat(phase.rotation)])
+        return widowx_action_toward(current, goal, phase.openness)
+
+
 # ---- GPU-batched vector env ----------------------------------------------------------------------------------
 
 
@@ -670,6 +850,14 @@ def make_gpu_vec(task: Task, num_envs: int, seed: int = 0, **options: Any) -> Ma
     return ManiSkillVectorEnv(task, num_envs=num_envs, seed=seed, **options)
 
 
+def _expert_factory(task: Task):
+    if task.solver:
+        return functools.partial(MotionPlanningExpert, task)
+    if task.place_height is not None:
+        return functools.partial(BridgeExpert, task)
+    return None
+
+
 for _task in (*BRIDGE_TASKS, *PANDA_TASKS):
     register(
         TaskSpec(
@@ -681,7 +869,7 @@ for _task in (*BRIDGE_TASKS, *PANDA_TASKS):
             max_episode_steps=_task.horizon,
             factory=functools.partial(make_env, _task),
             backend_env_id=_task.env_id,
-            expert_factory=functools.partial(MotionPlanningExpert, _task) if _task.solver else None,
+            expert_factory=_expert_factory(_task),
             vec_factory=functools.partial(make_gpu_vec, _task),
         )
     )

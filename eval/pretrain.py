@@ -38,6 +38,10 @@ class PretrainConfig:
     """Init and sampling seed."""
     log_every: int = 100
     """Print the loss and token accuracy every this many steps."""
+    unnorm_key: str | None = None
+    """None: the actions are in the env contract's [-1, 1] and tokenized as they are. A key (e.g. "bridge_orig"):
+    the actions are in env units; their statistics over the training data (q01/q99, as OpenVLA computes its
+    norm_stats) are saved in the checkpoint under this key and the actions normalized with them first."""
 
 
 def load_demo_steps(dataset_dirs: Sequence[str | Path], max_episodes: int | None = None) -> dict[str, np.ndarray]:
@@ -61,6 +65,7 @@ def load_demo_steps(dataset_dirs: Sequence[str | Path], max_episodes: int | None
 def pretrain(cfg: PretrainConfig, data: dict[str, np.ndarray], out_dir: str | Path,
              log: Callable[[str], None] = print) -> dict:
     """Train the preset on `data` (see load_demo_steps) and save it to `out_dir`; returns a summary dict."""
+    from envs.demos import action_statistics
     from vla.policy import VLAPolicy
 
     torch.manual_seed(cfg.seed)
@@ -71,7 +76,11 @@ def pretrain(cfg: PretrainConfig, data: dict[str, np.ndarray], out_dir: str | Pa
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (
         0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, cfg.steps))))))
-    tokens_all = torch.as_tensor(policy.action_tokenizer.encode(data["actions"]))
+    actions = data["actions"]
+    if cfg.unnorm_key is not None:
+        policy.vla.config.norm_stats = {cfg.unnorm_key: {"action": action_statistics(actions)}}
+        actions = policy.action_stats(cfg.unnorm_key).normalize(actions)
+    tokens_all = torch.as_tensor(policy.action_tokenizer.encode(actions))
     n = len(tokens_all)
     t0 = time.perf_counter()
     losses, accs = [], []

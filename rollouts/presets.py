@@ -6,10 +6,10 @@ openvla-7b-a100  OpenVLA-7B (bf16, gradient checkpointing, LoRA r=32 on the LM) 
                  The model is the directory of a downloaded openvla/openvla-7b: pass --model /path/to/openvla-7b.
 openvla-7b-a100-40gb  the same on a 40 GB card: half the micro-batch (twice the accumulation), the same updates.
 
-Memory plan of the 7B presets (scripts/bench_rollouts.py prints the computed budget): bf16 weights 15.1 GB;
-LoRA (80M params, fp32) + AdamW state + grads ~1.3 GB; value head ~8 MB; KV cache of a generate() over num_envs
-prompts of ~290 tokens ~0.15 GB per env; activations with gradient checkpointing ~0.1 GB per micro-batch sample
-(plus one layer's recompute). The rollout (uint8 224 px images, per-token log-probs, pi0's 256-bin
+Memory plan of the 7B presets (rollouts/budget.py computes it; bench_rollouts and preflight print it): bf16 weights
+15.1 GB; LoRA (80M params, fp32) + AdamW state + grads ~1.3 GB; value head ~8 MB; KV cache of a generate() over
+num_envs prompts of ~290 tokens ~0.15 GB per env; activations with gradient checkpointing ~0.1 GB per micro-batch
+sample (plus one layer's recompute). The rollout (uint8 224 px images, per-token log-probs, pi0's 256-bin
 distributions) stays in CPU memory.
 """
 

@@ -13,10 +13,10 @@ split of an update into simulation (env reset/step), inference (preprocess, gene
 Part 1b, measured: PPO update samples/s with and without the cached vision features (patch embeddings computed
 once per rollout while the vision backbone and projector are frozen). One real rollout is collected, then
 rollouts.ppo.ppo_update runs on it alternately without and with the cache (--cache-epochs epochs each), so machine
-load hits both alike.
+load hits both alike; samples per CPU second of the process.
 
-Part 2, computed: memory of the openvla-7b-a100 PPO preset on one GPU, per component, from the real architecture
-built on the meta device (parameter counts, LoRA counts from peft) and the preset's batch sizes.
+Part 2, computed: memory of the openvla-7b-a100 PPO preset on one GPU, per component (rollouts/budget.py: the
+real architecture built on the meta device, LoRA counts from peft, the preset's batch sizes).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from rollouts.budget import GB, format_budget, training_memory
+from rollouts.presets import RL_PRESETS
 from scripts.cli import entry_point
-
-GB = 1e9
+from vla.config import preset_config
 
 
 def _bench_one(preset: str, task: str, updates: int, num_envs: int, num_steps: int, queue) -> None:
@@ -97,7 +98,7 @@ def vision_cache_update(preset: str, task: str, num_envs: int, num_steps: int, e
     run_dir = Path(tempfile.mkdtemp(prefix="bench_vision_cache_"))
     cfg = replace(
         RL_PRESETS["ppo"]["tiny"][1], model=preset, task=task, num_envs=num_envs, num_steps=num_steps,
-        update_epochs=epochs, num_minibatches=4, env_in_process=True, progress=False, log_kl=True,
+        total_updates=1, update_epochs=epochs, num_minibatches=4, env_in_process=True, progress=False, log_kl=True,
         env_kwargs={"image_size": preset_config(preset).image_size}, run_dir=str(run_dir / "run"),
     )  # fmt: skip
     run = Run.start(cfg, train_value_head=True, value_learning_rate=cfg.value_learning_rate, desc="bench")
@@ -111,57 +112,14 @@ def vision_cache_update(preset: str, task: str, num_envs: int, num_steps: int, e
     seconds = {False: 0.0, True: 0.0}
     for i in range(repeats + 1):  # the first round warms up
         for cache in (False, True):
-            start = time.perf_counter()
+            start = time.process_time()  # CPU time (one thread): waiting for a shared core would swamp the ratio
             ppo.ppo_update(run, rollout, replace(cfg, cache_vision=cache))
-            seconds[cache] += (time.perf_counter() - start) if i else 0.0
+            seconds[cache] += (time.process_time() - start) if i else 0.0
     run.finish()
     shutil.rmtree(run_dir, ignore_errors=True)
     samples = num_envs * num_steps * epochs * repeats
     return {"preset": preset, "task": task, "epochs": epochs, "without": samples / seconds[False],
             "with": samples / seconds[True]}  # fmt: skip
-
-
-def memory_budget_7b() -> list[tuple[str, float, str]]:
-    """(component, GB, how) for the openvla-7b-a100 PPO preset on one GPU."""
-    import torch
-
-    from rollouts.presets import RL_PRESETS
-    from vla.config import preset_config
-    from vla.lora import LoraSettings, add_lora
-    from vla.modeling import OpenVLA
-    from vla.policy import ValueHead
-
-    cfg = RL_PRESETS["ppo"]["openvla-7b-a100"][1]
-    config = preset_config("openvla-7b")
-    model = OpenVLA.from_config(config, device="meta")
-    n_params = sum(p.numel() for p in model.parameters())
-    llm = model.language_model.config
-    hidden, layers, inter = llm.hidden_size, llm.num_hidden_layers, llm.intermediate_size
-    peft_model = add_lora(model, LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha))
-    n_lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
-    with torch.device("meta"):
-        n_value = sum(p.numel() for p in ValueHead(hidden).parameters())
-    seq = model.num_patches + 1 + 32 + 7  # BOS + patches + a ~32-token prompt + the action tokens
-    samples = cfg.num_envs * cfg.num_steps
-    micro = samples // (cfg.num_minibatches * cfg.grad_accum_steps)
-    bf16, fp32 = 2, 4
-    rows = [
-        ("weights (bf16)", n_params * bf16 / GB, f"{n_params:,} parameters x 2 B"),
-        ("LoRA adapters (fp32)", n_lora * fp32 / GB, f"{n_lora:,} parameters (r={cfg.lora_rank}, LM linears) x 4 B"),
-        ("LoRA gradients (fp32)", n_lora * fp32 / GB, "one per adapter parameter"),
-        ("AdamW state (fp32 m, v)", 2 * n_lora * fp32 / GB, "2 x adapter parameters x 4 B"),
-        ("value head + grad + AdamW", 4 * n_value * fp32 / GB, f"{n_value:,} parameters x 16 B"),
-        ("KV cache of generate()", cfg.num_envs * layers * 2 * seq * hidden * bf16 / GB,
-         f"{cfg.num_envs} envs x {layers} layers x K,V x {seq} tokens x {hidden} x 2 B"),
-        ("checkpointed layer inputs", micro * layers * seq * hidden * bf16 / GB,
-         f"micro-batch {micro} x {layers} layers x {seq} tokens x {hidden} x 2 B"),
-        ("one layer recomputed + its grads", 2 * micro * seq * (4 * hidden + 3 * inter) * bf16 / GB,
-         f"2 x micro-batch x {seq} tokens x (4 x {hidden} attention + 3 x {inter} MLP) x 2 B"),
-        ("vision towers forward (no grad)", micro * (model.num_patches + 5) * 1152 * 4 * bf16 * 4 / GB,
-         "transient: micro-batch x 261 tokens x 1152 x 4 x 2 B, a few blocks live"),
-        ("CUDA context + allocator slack", 2.0, "typical, not computed"),
-    ]  # fmt: skip
-    return rows
 
 
 @entry_point
@@ -178,14 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    print(f"== measured on this CPU: PPO update samples/s without -> with cached vision features, {args.num_envs} envs "
-          f"x {args.num_steps} steps, {args.cache_epochs} epochs, 4 minibatches, {args.cache_repeats} updates each ==")  # fmt: skip
+    print(f"== measured on this CPU: PPO update samples per CPU second without -> with cached vision features, "
+          f"{args.num_envs} envs x {args.num_steps} steps, {args.cache_epochs} epochs, 4 minibatches, "
+          f"{args.cache_repeats} updates each ==")
     cache_results = []
     for preset in args.presets:
         for task in args.tasks:
             r = vision_cache_update(preset, task, args.num_envs, args.num_steps, args.cache_epochs, args.cache_repeats)
             cache_results.append(r)
-            print(f"{preset:<6} {task:<16} {r['without']:>8.1f} -> {r['with']:>8.1f} samples/s "
+            print(f"{preset:<6} {task:<16} {r['without']:>8.1f} -> {r['with']:>8.1f} samples per CPU s "
                   f"({r['with'] / r['without']:.2f}x)")  # fmt: skip
     if args.vision_cache_only:
         return
@@ -203,15 +162,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{100 * r['update_s'] / total:.0f}% update)")  # fmt: skip
 
     print("\n== computed: openvla-7b-a100 PPO preset on one 80 GB A100 (bf16, gradient checkpointing, LoRA r=32) ==")
-    budget = memory_budget_7b()
-    for name, gb, how in budget:
-        print(f"{name:<34} {gb:>7.2f} GB   {how}")
-    total = sum(gb for _, gb, _ in budget)
-    print(f"{'sum (upper bound)':<34} {total:>7.2f} GB   of 80 GB (KV cache and update activations are never live together); the rollout (uint8 images, log-probs, "
-          "pi0 distributions) is kept in host memory")  # fmt: skip
+    budget = training_memory(RL_PRESETS["ppo"]["openvla-7b-a100"][1], preset_config("openvla-7b"), "cuda")
+    print(format_budget(budget))
+    print("  the rollout (uint8 images, log-probs, pi0 distributions) is kept in host memory")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"measured": results, "vision_cache": cache_results, "budget_7b": budget}, indent=2)
+            json.dumps({"measured": results, "vision_cache": cache_results, "budget_7b": [r.__dict__ for r in budget]}, indent=2)
         )
 
 

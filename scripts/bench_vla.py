@@ -11,7 +11,9 @@
    b. With a LoRA adapter attached (rank --lora-rank, as a checkpoint evaluation loads it): generate with the
       adapter merged into the weights against the unmerged peft model.
    c. Preprocessing frames/s: the batched torch resize against PIL one frame at a time (the previous way).
-   All action figures include preprocessing.
+   d. All together, as a checkpoint evaluation runs: PIL + DynamicCache decode + unmerged adapter (previous)
+      against torch preprocessing + the new decode + the merged adapter.
+   All action figures include preprocessing; rates are per CPU second of the process (1 thread by default).
 
 Run: python -m scripts.bench_vla [--preset small] [--batch-sizes 1 8 32] [--repeats 3]
      python -m scripts.bench_vla --preset tiny --image-size 64 --batch-sizes 1 10 32 --skip-7b  # cpu experiment
@@ -31,7 +33,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from scripts.cli import entry_point
-from vla import LoraSettings, OpenVLA, VLAPolicy, add_lora, preset_config
+from vla import LoraSettings, OpenVLA, PolicyBatch, VLAPolicy, add_lora, preset_config
 from vla.config import ACTION_DIM
 from vla.policy import ValueHead
 
@@ -124,9 +126,20 @@ def naive_actions(policy: VLAPolicy, images: np.ndarray, instructions: list[str]
 def dynamic_cache_actions(policy: VLAPolicy, images: np.ndarray, instructions: list[str]) -> None:
     """The previous decode loop: after the prefill, one full LlamaModel forward per action token, with the HF
     attention mask grown by torch.cat and a DynamicCache (greedy, like an evaluation)."""
+    dynamic_cache_decode(policy, policy.preprocess(images, instructions))
+
+
+def previous_actions(policy: VLAPolicy, images: np.ndarray, instructions: list[str]) -> None:
+    """All previous paths together: PIL preprocessing, then the DynamicCache decode loop."""
+    size = policy.vla.config.image_size
+    frames = np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BICUBIC)) for i in images])
+    batch = policy.preprocess(frames, instructions)
+    dynamic_cache_decode(policy, batch)
+
+
+def dynamic_cache_decode(policy: VLAPolicy, batch: PolicyBatch) -> None:
     vla = policy.vla
     lm = vla.language_model.model
-    batch = policy.preprocess(images, instructions)
     mm = vla.embed_multimodal(batch.pixel_values, batch.input_ids, batch.attention_mask)
     out = lm(
         inputs_embeds=mm.inputs_embeds,
@@ -168,15 +181,16 @@ def torch_pixels(policy: VLAPolicy, images: np.ndarray, instructions: list[str])
 
 
 def per_second(methods, policies, images: np.ndarray, instructions: list[str], repeats: int) -> list[float]:
-    """Items per second of each (method, policy) pair; the pairs take turns in every repeat, after a warm-up."""
+    """Items per CPU second of this process for each (method, policy) pair; the pairs take turns in every repeat,
+    after a warm-up. CPU time, not wall time: on a shared machine waiting for a core would swamp the ratios."""
     for method, policy in zip(methods, policies, strict=True):
         method(policy, images, instructions)
     seconds = [0.0] * len(methods)
     for _ in range(repeats):
         for i, (method, policy) in enumerate(zip(methods, policies, strict=True)):
-            start = time.perf_counter()
+            start = time.process_time()
             method(policy, images, instructions)
-            seconds[i] += time.perf_counter() - start
+            seconds[i] += time.process_time() - start
     return [len(images) * repeats / s for s in seconds]
 
 
@@ -210,8 +224,9 @@ def bench_throughput(cfg: BenchConfig) -> None:
         f"{'batch':>5} {'generate':>10} {'previous decode':>16} {'ratio':>6} {'naive HF':>9} {'ratio':>6}"
         f" | LoRA r={cfg.lora_rank}: {'unmerged':>8} {'merged':>8} {'ratio':>6}"
         f" | frames/s: {'PIL':>8} {'torch':>8} {'ratio':>6}"
+        f" | all, LoRA: {'previous':>8} {'new':>8} {'ratio':>6}"
     )
-    print(header + "   (actions/s, greedy; naive HF samples)")
+    print(header + "   (per CPU second; actions greedy, naive HF samples)")
     for batch_size in cfg.batch_sizes:
         images, instructions = _observations(batch_size, cfg.image_size, rng)
         ours, previous = per_second(
@@ -223,10 +238,15 @@ def bench_throughput(cfg: BenchConfig) -> None:
         )
         # Preprocessing is ~100x cheaper than a generate call: more repeats for a stable figure.
         pil, tensor = per_second((pil_pixels, torch_pixels), (policy, policy), images, instructions, 50 * cfg.repeats)
+        before, after = per_second(
+            (previous_actions, batched_actions), (unmerged, merged), images, instructions, cfg.repeats
+        )
         print(
-            f"{batch_size:>5} {ours:>10.1f} {previous:>16.1f} {ours / previous:>5.2f}x {naive:>9.1f} {ours / naive:>5.1f}x"
+            f"{batch_size:>5} {ours:>10.1f} {previous:>16.1f} {ours / previous:>5.2f}x"
+            f" {naive:>9.1f} {ours / naive:>5.1f}x"
             f" | {'':>10} {lora:>8.1f} {folded:>8.1f} {folded / lora:>5.2f}x"
             f" | {'':>10}{pil:>8.0f} {tensor:>8.0f} {tensor / pil:>5.1f}x"
+            f" | {'':>10} {before:>8.1f} {after:>8.1f} {after / before:>5.2f}x"
         )
 
 

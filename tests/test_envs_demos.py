@@ -8,7 +8,7 @@ import pytest
 
 from envs import registry
 from envs.__main__ import main
-from envs.demos import DemoDataset, generate_demos
+from envs.demos import DemoDataset, combine_demos, generate_demos
 
 QUIET = {"log": lambda message: None}
 
@@ -94,3 +94,28 @@ def test_cli_list_demos_inspect(tmp_path, capsys):
     main(["inspect", str(tmp_path)])
     report = capsys.readouterr().out
     assert "metaworld/reach" in report and "images" in report and "[1/1 kept]" not in report
+
+
+def test_action_statistics_are_recorded(tmp_path):
+    dataset = generate_demos("toy/reach-side", 3, tmp_path, seed=0, **QUIET)
+    stats = dataset.meta["action_stats"]
+    actions = np.concatenate([dataset.episode(i)["actions"] for i in range(len(dataset))])
+    np.testing.assert_allclose(stats["q01"], np.quantile(actions, 0.01, axis=0), atol=1e-6)
+    np.testing.assert_allclose(stats["q99"], np.quantile(actions, 0.99, axis=0), atol=1e-6)
+    np.testing.assert_allclose(stats["mean"], actions.mean(0), atol=1e-6)
+    assert stats["mask"] == [True] * 6 + [False]  # the gripper is not normalized (OpenVLA's convention)
+
+
+def test_combined_datasets(tmp_path):
+    a = generate_demos("toy/reach-side", 2, tmp_path / "a", seed=0, **QUIET)
+    b = generate_demos("toy/color-side", 3, tmp_path / "b", seed=0, **QUIET)
+    mix = combine_demos([tmp_path / "a", tmp_path / "b"], tmp_path / "mix")
+    assert len(mix) == 5 and mix.num_steps == a.num_steps + b.num_steps
+    assert [e["task_id"] for e in mix.meta["episodes"]] == ["toy/reach-side"] * 2 + ["toy/color-side"] * 3
+    np.testing.assert_array_equal(mix.episode(2)["actions"], b.episode(0)["actions"])
+    assert str(mix.episode(4)["instruction"]) == str(b.episode(2)["instruction"])
+    all_actions = np.concatenate([a.actions(), b.actions()])
+    np.testing.assert_allclose(mix.meta["action_stats"]["q99"], np.quantile(all_actions, 0.99, axis=0), atol=1e-6)
+    assert combine_demos([tmp_path / "a", tmp_path / "b"], tmp_path / "mix").meta == mix.meta  # reused
+    with pytest.raises(ValueError, match="mixture"):
+        combine_demos([tmp_path / "b"], tmp_path / "mix")

@@ -120,6 +120,26 @@ def test_expert_action_inverts_the_panda_conversion():
     assert far[0] == 1.0 and far[6] == 0.0  # clipped into the action space
 
 
+def test_widowx_expert_action_inverts_the_widowx_conversion():
+    """Applying the controller's update (xyz added; rotation left-multiplied by the intrinsic-XYZ reading of the
+    rotation vector) to widowx_action_toward's action reaches the target when it is within one step."""
+    current = np.array([0.25, 0.0, 0.1, *rotations.euler_to_quat([0.0, np.pi / 2, 0.3])])
+    step_rotation = rotations.euler_to_matrix([0.03, -0.04, 0.15])
+    target_rotation = step_rotation @ rotations.quat_to_matrix(current[3:])
+    target = np.concatenate([[0.27, -0.03, 0.12], rotations.matrix_to_quat(target_rotation)])
+    action = ms.widowx_action_toward(current, target, openness=0.0)
+    controller = ms.widowx_action_to_controller(action[None])[0]
+    reached = rotations.euler_to_matrix(controller[3:6], "XYZ") @ rotations.quat_to_matrix(current[3:])
+    np.testing.assert_allclose(current[:3] + controller[:3], target[:3], atol=1e-6)
+    np.testing.assert_allclose(reached, rotations.quat_to_matrix(target[3:]), atol=1e-5)
+    assert controller[6] == -1.0  # closed
+    # Far away: the step shrinks (direction kept) into 0.9 x bridge_orig's q01..q99, per dimension.
+    far = ms.widowx_action_toward(current, target + [0.5, 0.1, 0, 0, 0, 0, 0], openness=1.0)
+    np.testing.assert_allclose(far[0], 0.9 * ms.BRIDGE_ORIG_Q99[0], rtol=1e-5)
+    np.testing.assert_allclose(far[1] / far[0], (-0.03 + 0.1) / (0.02 + 0.5), rtol=1e-5)
+    assert (far[:6] <= 0.9 * ms.BRIDGE_ORIG_Q99 + 1e-6).all() and (far[:6] >= 0.9 * ms.BRIDGE_ORIG_Q01 - 1e-6).all()
+
+
 # ---- registry ------------------------------------------------------------------------------------------------
 
 
@@ -130,7 +150,7 @@ def test_registry_lists_maniskill_tasks():
     assert all(specs[i].suite == "simpler-bridge" and specs[i].robot == "widowx" for i in BRIDGE_IDS)
     with_expert = {i for i, spec in specs.items() if spec.expert_factory is not None}
     solved = ("PickCube", "StackCube", "PushCube", "PullCube", "PlaceSphere", "LiftPegUpright")
-    assert with_expert == {f"maniskill/{name}" for name in solved}
+    assert with_expert == {f"maniskill/{name}" for name in solved} | set(BRIDGE_IDS)
     assert specs["simpler/PutCarrotOnPlateInScene"].backend_env_id == "PutCarrotOnPlateInScene-v1"
     if not ms._cuda_available():  # then make_vec falls back to process workers
         assert specs["maniskill/PickCube"].vec_factory(num_envs=2, seed=0) is None
@@ -311,6 +331,93 @@ def test_bridge_moving_the_carrot_onto_the_plate_succeeds(carrot):
     for _ in range(3):
         _, reward, terminated, _, info = carrot.step(np.array([0, 0, 0, 0, 0, 0, 1], np.float32))
     assert info["success"] and terminated and reward == 1.0
+
+
+@pytest.fixture(scope="module")
+def carrot_episodes(carrot):
+    """The Bridge expert's episodes of the carrot task from seeds 0 and 1 (arrays of envs.demos' schema)."""
+    from envs.demos import rollout_expert
+
+    expert = envs.get_spec("simpler/PutCarrotOnPlateInScene").expert_factory()
+    return [rollout_expert(carrot, expert, seed) for seed in (0, 1)]
+
+
+def test_bridge_expert_solves_the_carrot_task_and_its_demo_replays(carrot, carrot_episodes):
+    for episode in carrot_episodes:
+        assert episode["successes"][-1] and len(episode["actions"]) < carrot.task.horizon
+        actions = episode["actions"][:, :6]
+        assert (actions <= 0.91 * ms.BRIDGE_ORIG_Q99).all() and (actions >= 0.91 * ms.BRIDGE_ORIG_Q01).all()
+    _assert_replays(carrot, carrot_episodes[1])
+
+
+def test_bridge_reset_does_not_depend_on_the_previous_episode(carrot):
+    """Seed 0's expert ends with the gripper over the plate, where seed 5's carrot appears: the objects settle before
+    ManiSkill resets the robot, so without the adapter's rest-pose restore that carrot is knocked over."""
+    from envs.demos import rollout_expert
+
+    def scene():
+        base = carrot.maniskill_env
+        return np.concatenate([actor.pose.raw_pose[0].numpy() for actor in base.objs.values()])
+
+    first, _ = carrot.reset(seed=5)
+    before = scene()
+    rollout_expert(carrot, envs.get_spec("simpler/PutCarrotOnPlateInScene").expert_factory(), 0)
+    again, _ = carrot.reset(seed=5)
+    np.testing.assert_allclose(scene(), before, atol=1e-5)  # PhysX's solver leaves ~1e-7 differences
+    np.testing.assert_allclose(again["state"], first["state"], atol=1e-5)
+
+
+def test_expert_actions_survive_openvla_tokenization(carrot_episodes):
+    """normalize (bridge_orig q01/q99) -> tokenize -> decode -> un-normalize returns every expert action within half
+    a bin: the demos are in the units and range OpenVLA's Bridge actions have."""
+    from vla.actions import ActionStats, ActionTokenizer
+
+    norm_stats = {"bridge_orig": {"action": {"q01": [*ms.BRIDGE_ORIG_Q01, 0.0], "q99": [*ms.BRIDGE_ORIG_Q99, 1.0],
+                                             "mask": [True] * 6 + [False]}}}
+    stats, tokenizer = ActionStats.from_norm_stats(norm_stats, "bridge_orig"), ActionTokenizer(32000, 256)
+    actions = np.concatenate([episode["actions"] for episode in carrot_episodes])
+    decoded = stats.unnormalize(tokenizer.decode(tokenizer.encode(stats.normalize(actions))))
+    half_bin = np.append(ms.BRIDGE_ORIG_Q99 - ms.BRIDGE_ORIG_Q01, 2.0) / 255 / 2  # gripper: unnormalized [-1, 1]
+    assert (np.abs(decoded - actions) <= half_bin * (1 + 1e-4)).all()
+    np.testing.assert_array_equal(decoded[:, 6] > 0.5, actions[:, 6] > 0.5)  # the binarized gripper command
+
+
+def _assert_replays(env, episode):
+    """Replaying the recorded actions (what a policy would send) reproduces every state, the images (SAPIEN's CPU
+    renderer may differ in a few pixels between renders of the same state) and the success at every step."""
+    obs, _ = env.reset(seed=int(episode["seed"]))
+    for t, action in enumerate(episode["actions"]):
+        np.testing.assert_array_equal(obs["state"], episode["states"][t])
+        assert np.abs(obs["image"].astype(int) - episode["images"][t]).mean() < 2.0
+        obs, _, terminated, _, info = env.step(action)
+        assert info["success"] == episode["successes"][t]
+    assert terminated and info["success"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task_id", BRIDGE_IDS)
+def test_bridge_experts_solve_their_tasks(task_id):
+    from envs.demos import evaluate_expert
+
+    _bridge_assets_or_skip(task_id)
+    assert evaluate_expert(task_id, 3, seed=100, image_size=SIZE, native_camera=False) == 1.0
+
+
+@pytest.mark.slow
+def test_bridge_demo_replays_in_a_fresh_env(tmp_path):
+    """A recorded 224 px native-camera demo replays to the same states and success in another env instance."""
+    from envs.demos import generate_demos
+
+    task_id = "simpler/StackGreenCubeOnYellowCubeBakedTexInScene"
+    _bridge_assets_or_skip(task_id)
+    dataset = generate_demos(task_id, 1, tmp_path, seed=7, env_options={"image_size": 224}, log=lambda s: None)
+    episode = dataset.episode(0)
+    assert episode["images"].shape[1:] == (224, 224, 3) and dataset.meta["action_stats"]["mask"][6] is False
+    env = envs.make(task_id, image_size=224)
+    try:
+        _assert_replays(env, episode)
+    finally:
+        env.close()
 
 
 # ---- assets --------------------------------------------------------------------------------------------------

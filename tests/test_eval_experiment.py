@@ -1,9 +1,13 @@
 """A miniature RL's Razor experiment end to end (toy tasks, tiny VLA): every artifact, resumption, bad input;
 plus smoke runs of scripts/run_eval.py."""
 
+import dataclasses
 import importlib.util
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval.experiment import PRESETS, Experiment, ExperimentConfig
@@ -63,16 +67,21 @@ def test_bad_experiment_configs(tmp_path):
     with pytest.raises(ValueError, match="checkpoint"):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "b"), model="/no/such/openvla-7b"), log=lambda s: None)
     with pytest.raises(ValueError, match="no scripted expert"):
-        Experiment(ExperimentConfig(run_dir=str(tmp_path / "c"), new_task="simpler/PutCarrotOnPlateInScene"),
-                   log=lambda s: None)
+        Experiment(ExperimentConfig(run_dir=str(tmp_path / "c"), new_task="maniskill/PokeCube"), log=lambda s: None)
     assert not any((tmp_path / d).exists() for d in "abc")  # a failed check claims no run directory
+    with pytest.raises(ValueError, match="warmup-new-task-demos 0"):
+        Experiment(ExperimentConfig(run_dir=str(tmp_path / "d"), new_task="maniskill/PokeCube", methods=("ppo",),
+                                    warmup=True), log=lambda s: None)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        ExperimentConfig(warmup=True, warmup_steps=0)
 
 
 def test_failed_check_does_not_block_the_corrected_rerun(tmp_path):
     model = tmp_path / "openvla-7b"  # only its existence matters before the stages run
     model.mkdir()
     preset = PRESETS["openvla-7b"]
-    cfg = ExperimentConfig(**{**preset.to_dict(), "model": str(model), "run_dir": str(tmp_path / "run")})
+    cfg = ExperimentConfig(**{**preset.to_dict(), "model": str(model), "run_dir": str(tmp_path / "run"),
+                              "new_task": "maniskill/PokeCube", "warmup": False})
     with pytest.raises(ConfigError, match="SFT needs demos"):  # the new task has no scripted expert
         Experiment(cfg, log=lambda s: None)
     Experiment(ExperimentConfig(**{**cfg.to_dict(), "methods": ("ppo",)}), log=lambda s: None)
@@ -106,6 +115,40 @@ def test_run_eval_script_smoke(tmp_path, capsys):
         main(Args(model="tiny", out=str(tmp_path / "x"), suite="toy", tasks=("toy/color-side",), episodes=2,
                   unnorm_key="bridge_orig", overwrite=True))
     assert exit_info.value.code == 2 and "unnorm_key 'bridge_orig'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~10 min on the 2-core machine: each Bridge env takes 10-40 s to build on lavapipe
+def test_mini_bridge_experiment_produces_every_artifact(tmp_path, monkeypatch):
+    """The openvla-7b experiment in miniature (the bridge-mini preset): expert demos, pi0 by behaviour cloning with
+    bridge_orig statistics, the warm-up merged into pi0, PPO and SFT, evaluations, report."""
+    from envs import maniskill
+    from eval.experiment import PRESETS
+    from vla.actions import ActionStats
+
+    bridge_assets = Path(__file__).resolve().parents[2] / "shared" / "assets" / "maniskill-bridge"
+    monkeypatch.setenv("MS_ASSET_DIR", os.environ.get("MS_ASSET_DIR", str(bridge_assets)))
+    try:
+        maniskill.check_bridge_assets(maniskill.BRIDGE_TASKS[0], maniskill.configure_asset_dir())
+    except maniskill.MissingAssetsError as error:
+        pytest.skip(str(error))
+    cfg = dataclasses.replace(PRESETS["bridge-mini"], run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    report = Experiment(cfg, log=lambda s: None).run_all()
+    run = tmp_path / "run"
+    assert "bridge-mini" in report.read_text() and (run / "kl_base.npz").exists()
+    # the warm-up: a mixture of both tasks' demos, SFT checkpoints, a merged full checkpoint with pi0's statistics
+    mixture = json.loads((run / "warmup" / "demos" / "meta.json").read_text())
+    assert set(mixture["task_id"]) == {cfg.new_task, *cfg.prior_tasks} and mixture["action_stats"]["q99"]
+    pi0 = json.loads(Path(json.loads((run / "stages" / "pi0.json").read_text())["result"]["path"], "config.json")
+                     .read_text())["norm_stats"]
+    warmed = json.loads((run / "warmup" / "pi0" / "config.json").read_text())["norm_stats"]
+    assert warmed == pi0 and "bridge_orig" in warmed
+    ActionStats.from_norm_stats(warmed, "bridge_orig")
+    for method in cfg.methods:
+        rec = json.loads((run / "evals" / f"{method}_lr0.0001" / "step_000002" / "eval.json").read_text())
+        assert set(rec["tasks"]) == {cfg.new_task, *cfg.prior_tasks} and rec["kl"]["kl_forward"] >= 0
+        adapter = run / "train" / f"{method}_lr0.0001" / "checkpoints" / "step_00000002" / "adapter"
+        assert json.loads((adapter / "norm_stats.json").read_text()) == warmed  # fine-tuned: same un-normalization
+    assert list((run / "evals" / "base" / "videos").glob("*.mp4"))
 
 
 @pytest.mark.slow  # ~1 min here: a PPO update and a policy load on top of the KL timings
@@ -164,3 +207,19 @@ def test_parity_preset_in_miniature_produces_every_artifact(tmp_path):
     for heading in ("Predictors of forgetting", "within 2 points of the Pareto frontier", "## Arms",
                     "exponential R² [95% CI]", "forgetting [95% CI]"):
         assert heading in text, heading
+
+
+def test_pi0_keeps_the_action_statistics_it_was_trained_with(tmp_path):
+    """With unnorm_key, pi0's behaviour cloning normalizes the demo actions by their own q01/q99 and saves those
+    statistics in the checkpoint, so that its actions un-normalize back into env units."""
+    from envs.demos import generate_demos
+    from eval.pretrain import PretrainConfig, load_demo_steps, pretrain
+    from vla.policy import VLAPolicy
+
+    generate_demos("toy/reach-side", 2, tmp_path / "demos", log=lambda s: None)
+    data = load_demo_steps([tmp_path / "demos"])
+    data["actions"][:, :6] *= 0.03  # env units unlike [-1, 1], as Bridge actions are
+    pretrain(PretrainConfig(steps=2, batch_size=4, unnorm_key="demo"), data, tmp_path / "pi0", log=lambda s: None)
+    stats = VLAPolicy.from_pretrained(tmp_path / "pi0").action_stats("demo")
+    np.testing.assert_allclose(stats.q99, np.quantile(data["actions"], 0.99, axis=0), atol=1e-6)
+    assert np.abs(stats.normalize(data["actions"])[:, :6]).max() <= 1.0 and not stats.mask[6]

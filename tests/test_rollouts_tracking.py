@@ -58,3 +58,21 @@ def test_evaluation_logs_its_table_and_videos(tmp_path):
     videos = [k for k in row if k.startswith("videos/")]
     assert videos and all(row[k]["_type"] == "video-file" for k in videos)
     assert logged["config"]["suite"] == "toy"
+
+
+def test_experiment_logs_training_and_every_evaluation_to_one_wandb_group(tmp_path):
+    from eval.experiment import Experiment, ExperimentConfig
+    from tests.test_eval_experiment import MINI
+
+    cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "exp"), cache_dir=str(tmp_path / "cache"),
+                           methods=("ppo",), wandb=True, wandb_mode="offline", progress=False, **MINI)
+    Experiment(cfg, log=lambda s: None).run_all()
+    evals = [tmp_path / "exp" / "evals" / "base"] + sorted((tmp_path / "exp" / "evals" / "ppo_lr0.0003").glob("step_*"))
+    assert len(evals) == 3
+    for out in evals:
+        logged = offline_run(out)
+        assert logged["run"].run_group == "exp" and logged["run"].job_type == "eval"
+        (row,) = [r for r in logged["history"] if "eval/results" in r]
+        assert row["eval/success/toy/reach-side"] in (0.0, 0.5, 1.0)
+    train = offline_run(tmp_path / "exp" / "train" / "ppo_lr0.0003")
+    assert train["run"].run_group == "exp"

@@ -14,6 +14,7 @@ def test_bench_vla_smoke(capsys):
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
     assert [row[0] for row in rows] == ["1", "2"]
-    # batch | generate, previous decode, ratio, naive, ratio | unmerged, merged, ratio | PIL, torch, ratio
+    # batch | generate, previous decode, ratio, naive, ratio | LoRA unmerged, merged, ratio | PIL, torch, ratio
+    # | all previous, all new, ratio
     numbers = [[cell for cell in row if cell != "|"] for row in rows]
-    assert all(len(row) == 12 and all(float(cell.removesuffix("x")) > 0 for cell in row) for row in numbers)
+    assert all(len(row) == 15 and all(float(cell.removesuffix("x")) > 0 for cell in row) for row in numbers)

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -165,22 +165,29 @@ def load_into(
 
 def save_sharded(state_dict: Mapping[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
     """Write `state_dict` as safetensors shards of at most `max_shard_bytes` (a larger tensor gets its own) + index."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    sizes = {name: tensor.numel() * tensor.element_size() for name, tensor in state_dict.items()}
+    save_sharded_lazily(sizes, state_dict.__getitem__, directory, max_shard_bytes)
+
+
+def save_sharded_lazily(
+    sizes: Mapping[str, int], make_tensor: Callable[[str], torch.Tensor], directory: Path, max_shard_bytes: int
+) -> None:
+    """`save_sharded` for tensors made on demand: `sizes` gives each tensor's bytes (in order), `make_tensor(name)`
+    its data, called while its shard is written, so only one shard's tensors are ever in memory."""
+    shards: list[list[str]] = [[]]
     shard_bytes = 0
-    for name, tensor in state_dict.items():
-        size = tensor.numel() * tensor.element_size()
+    for name, size in sizes.items():
         if shards[-1] and shard_bytes + size > max_shard_bytes:
-            shards.append({})
+            shards.append([])
             shard_bytes = 0
-        shards[-1][name] = tensor
+        shards[-1].append(name)
         shard_bytes += size
     weight_map = {}
-    for i, shard in enumerate(shards, start=1):
+    for i, names in enumerate(shards, start=1):
         filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(
-            {k: v.detach().to("cpu").contiguous() for k, v in shard.items()}, directory / filename, {"format": "pt"}
-        )
-        weight_map.update(dict.fromkeys(shard, filename))
-    total = sum(t.numel() * t.element_size() for t in state_dict.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        tensors = {name: make_tensor(name).detach().to("cpu").contiguous() for name in names}
+        save_file(tensors, directory / filename, {"format": "pt"})
+        del tensors
+        weight_map.update(dict.fromkeys(names, filename))
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

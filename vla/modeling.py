@@ -269,7 +269,8 @@ class OpenVLA(nn.Module):
         if patches is None:
             patches = self.patch_embeddings(pixel_values)  # [B, P, D]
         elif patches.shape[:2] != (input_ids.shape[0], self.num_patches):
-            raise ValueError(f"patches must be [{input_ids.shape[0]}, {self.num_patches}, D], got {list(patches.shape)}")
+            expected = f"[{input_ids.shape[0]}, {self.num_patches}, D]"
+            raise ValueError(f"patches must be {expected}, got {list(patches.shape)}")
         tokens = self.language_model.get_input_embeddings()(input_ids)  # [B, L, D]
         batch, length = input_ids.shape
         n_patches = patches.shape[1]

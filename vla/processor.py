@@ -105,7 +105,7 @@ class VLAProcessor:
         return PolicyBatch(self.pixel_values(images), input_ids, attention_mask)
 
     def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
-        """B uint8 [H, W, 3] arrays -> [B, 6, S, S] float32. Frames of one shape (a vector env's) resize as one batch."""
+        """B uint8 [H, W, 3] arrays -> [B, 6, S, S] float32; frames of one shape (a vector env's) resize as a batch."""
         if len({image.shape for image in images}) == 1:
             rgb = self._resized(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
         else:

@@ -64,16 +64,22 @@ def tiny_base_vocab_size(n_action_bins: int) -> int:
     return -(-needed // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-def build_tiny_tokenizer(n_action_bins: int) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(n_action_bins: int, base_vocab_size: int | None = None) -> PreTrainedTokenizerFast:
     """Build the preset tokenizer deterministically; the last `n_action_bins` base ids are `<action_i>` tokens.
 
     The vocabulary between the text tokens and the action tokens is filled with `<unused_i>` tokens so that the
-    base size is a multiple of 64 (see module docstring).
+    base size is a multiple of 64 (see module docstring). `base_vocab_size` pads it to a given size instead, e.g.
+    32000 for a stand-in of Llama-2's tokenizer in a random-init openvla-7b checkpoint.
     """
     if n_action_bins < 2:
         raise ValueError(f"n_action_bins must be >= 2, got {n_action_bins}")
     text_tokens = _text_tokens()
-    vocab_size = tiny_base_vocab_size(n_action_bins)
+    vocab_size = base_vocab_size or tiny_base_vocab_size(n_action_bins)
+    if vocab_size < tiny_base_vocab_size(n_action_bins) or vocab_size % VOCAB_MULTIPLE:
+        raise ValueError(
+            f"base_vocab_size={vocab_size} must be a multiple of {VOCAB_MULTIPLE} and at least "
+            f"{tiny_base_vocab_size(n_action_bins)} (the text tokens plus {n_action_bins} action tokens)"
+        )
     n_unused = vocab_size - len(text_tokens) - n_action_bins
     tokens = text_tokens + [f"<unused_{i}>" for i in range(n_unused)] + [f"<action_{i}>" for i in range(n_action_bins)]
     vocab = {token: index for index, token in enumerate(tokens)}
