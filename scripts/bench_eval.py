@@ -66,7 +66,7 @@ class Args:
     """Suite episodes of the throughput section (the cpu experiment's eval_episodes)."""
     tp_steps: int = 100
     """Steps of every env for the ceiling (a) and for collection (c)."""
-    tp_overlap: tuple[bool, ...] = (True, False)
+    tp_overlap: tuple[bool, ...] = (False, True)
     """Suite runs (b) with these `overlap` settings (halves of the envs stepped while the other half is acted on)."""
     tp_lora_rank: int = 16
     """LoRA rank (and alpha) of the adapter the throughput section loads (the cpu experiment's)."""
@@ -187,7 +187,7 @@ def throughput_section(args: Args) -> dict[str, float]:
     suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
     for overlap in args.tp_overlap:
         result = evaluate(vla_actor(policy), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
-        key = f"b_suite{'' if overlap else '_no_overlap'}_steps_per_s"
+        key = f"b_suite{'_overlap' if overlap else ''}_steps_per_s"
         out[key] = float(np.sum(result.episode_len)) / result.wall_s
 
     vec = envs.make_vec(args.tp_task, args.tp_envs, seed=0, **env_options)
