@@ -311,6 +311,9 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
     def recv(self, indices: Sequence[int]) -> list[tuple]:
         """Wait for the answers of envs `indices` (every one of them, to keep the pipes in step), then raise the
         first error. A reset answers (obs, info), a step (obs, reward, terminated, truncated, info)."""
+        idle = [i for i in indices if self._pending[i] is None]
+        if idle:
+            raise RuntimeError(f"envs {idle} have no command in flight: call send_steps or send_resets first")
         results, first_error = [], None
         for i in indices:
             command, seed = self._pending[i]

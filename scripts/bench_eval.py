@@ -14,9 +14,10 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
   - throughput (the `cpu` experiment's evaluation settings: tiny VLA with a saved r=16 LoRA adapter loaded as
     evaluate_checkpoint loads it, metaworld/drawer-close at 64 px, 10 envs), env steps/s of
       (a) ceiling: the same vector env stepped with random actions and no policy (what the simulator allows with
-          that many workers),
-      (b) suite: eval.suite.evaluate (with and without `overlap`), useful steps (the sum of episode lengths) per second of TaskResult.wall_s
-          (which, as in every evaluation, includes the workers' first frames but not their start-up),
+          that many workers; the mean of one measurement before (b) and one after (c)),
+      (b) suite: eval.suite.evaluate (with and without `overlap`), useful steps (the sum of episode lengths) per
+          second of TaskResult.wall_s (which, as in every evaluation, includes the workers' first frames but not
+          their start-up),
       (c) collect: rollouts.collect.collect (PPO's sampling, values included) for --tp-steps steps of every env,
     and the ratios (b)/(a) and (c)/(a). The three run one after the other in one process on one machine, so the
     ratios are comparable across runs even where the absolute figures are not (a shared machine is noisy).
@@ -67,7 +68,7 @@ class Args:
     """Suite episodes of the throughput section (the cpu experiment's eval_episodes)."""
     tp_steps: int = 100
     """Steps of every env for the ceiling (a) and for collection (c)."""
-    tp_overlap: tuple[bool, ...] = (True, False)
+    tp_overlap: tuple[bool, ...] = (False, True)
     """Suite runs (b) with these `overlap` settings (halves of the envs stepped while the other half is acted on)."""
     tp_lora_rank: int = 16
     """LoRA rank (and alpha) of the adapter the throughput section loads (the cpu experiment's)."""
@@ -189,12 +190,14 @@ def throughput_section(args: Args) -> dict[str, float]:
     suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
     for overlap in args.tp_overlap:
         result = evaluate(vla_actor(policy), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
-        out[f"b_suite{'' if overlap else '_no_overlap'}_steps_per_s"] = float(np.sum(result.episode_len)) / result.wall_s
+        key = f"b_suite{'_overlap' if overlap else ''}_steps_per_s"
+        out[key] = float(np.sum(result.episode_len)) / result.wall_s
 
     vec = envs.make_vec(args.tp_task, args.tp_envs, seed=0, **env_options)
     try:
         t0 = time.perf_counter()
-        rollout = collect(policy, vec, args.tp_steps, list(range(args.tp_envs)), generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        rollout = collect(policy, vec, args.tp_steps, list(range(args.tp_envs)), generator=generator)
         out["c_collect_steps_per_s"] = args.tp_envs * rollout.num_steps / (time.perf_counter() - t0)
     finally:
         vec.close()

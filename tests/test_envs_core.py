@@ -157,6 +157,8 @@ def test_vector_env_per_env_calls_step_some_envs_without_autoreset(vec):
     vec.send_steps([1], still[:1], autoreset=False)
     (obs, *_), = vec.recv([1])
     assert obs["state"][1] == pytest.approx(1 / FAST_HORIZON)  # env 1's first step
+    with pytest.raises(RuntimeError, match="no command in flight"):
+        vec.recv([0])
     os.kill(vec.worker_pids[1], signal.SIGKILL)  # a dead worker: the step is a truncated failure, obs the last seen
     vec.send_steps([1], still[:1], autoreset=False)
     (obs, _, terminated, truncated, info), = vec.recv([1])

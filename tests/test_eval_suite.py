@@ -113,7 +113,8 @@ def test_refilled_envs_give_the_same_episodes_for_any_number_of_envs(monkeypatch
     """Episode k is seeds[k]'s episode whichever env runs it: 2 and 5 envs, halves overlapped or not, and the masked
     waves all give the same per-episode successes and lengths."""
     suite = Suite("toy-refill", [SuiteTask("toy/reach-side", 11), SuiteTask("toy/color-side", 7)], seed=3)
-    runs = {(n, overlap): evaluate(seeing_actor, suite, num_envs=n, overlap=overlap) for n in (2, 5) for overlap in (True, False)}
+    runs = {(n, overlap): evaluate(seeing_actor, suite, num_envs=n, overlap=overlap)
+            for n in (2, 5) for overlap in (True, False)}
     with monkeypatch.context() as m:
         _as_wave_runner(m)
         runs["waves"] = evaluate(seeing_actor, suite, num_envs=3)
