@@ -313,6 +313,15 @@ def _est(d: dict | None) -> Estimate:
     return Estimate(**d) if d else Estimate(float("nan"), float("nan"), float("nan"))
 
 
+def _sign(e: Estimate, above: str, below: str, neither: str) -> str:
+    """`above` when the interval lies above 0, `below` when below, else `neither`."""
+    if math.isfinite(e.low) and e.low > 0:
+        return above
+    if math.isfinite(e.high) and e.high < 0:
+        return below
+    return neither
+
+
 def verdict_sentences(v: dict, label=lambda name: name) -> list[str]:
     """Three sentences, each stating its answer and the interval it rests on (thresholds: an interval that
     excludes 0 decides a difference; forward KL "predicts" forgetting when its R^2 interval lies above 0.5,
@@ -324,12 +333,8 @@ def verdict_sentences(v: dict, label=lambda name: name) -> list[str]:
         out.append(f"RL vs SFT: no RL and SFT checkpoints reached new-task success within ±{m['tolerance']:g} of "
                    "each other, so forgetting at matched new-task success is not measured.")
     else:
-        if math.isfinite(gap.low) and gap.low > 0:
-            answer = "RL forgets less than SFT"
-        elif math.isfinite(gap.high) and gap.high < 0:
-            answer = "SFT forgets less than RL"
-        else:
-            answer = "RL and SFT forget indistinguishably"
+        answer = _sign(gap, "RL forgets less than SFT", "SFT forgets less than RL",
+                       "RL and SFT forget indistinguishably")
         out.append(f"{answer} at matched new-task success: over {m['pairs']} checkpoint pairs within "
                    f"±{m['tolerance']:g}, mean forgetting RL {m['rl_forgetting']:.3f} vs SFT "
                    f"{m['sft_forgetting']:.3f}, "
@@ -348,12 +353,7 @@ def verdict_sentences(v: dict, label=lambda name: name) -> list[str]:
         text = f"{answer}: quadratic R² = {r2.text()}"
         if k["best_alternative"]:
             diff = _est(k["difference"])
-            if math.isfinite(diff.low) and diff.low > 0:
-                cmp_ = "better than"
-            elif math.isfinite(diff.high) and diff.high < 0:
-                cmp_ = "worse than"
-            else:
-                cmp_ = "indistinguishable from"
+            cmp_ = _sign(diff, "better than", "worse than", "indistinguishable from")
             text += (f", {cmp_} the best alternative, {label(k['best_alternative'])} "
                      f"(R² = {_est(k['r2_best']).text()}; difference {diff.text()})")
         out.append(text + ".")

@@ -27,12 +27,7 @@ from vla.policy import VLAPolicy
 TINY = dict(progress=False, torch_threads=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_rl(algorithm: str, tmp_path: Path, **overrides):

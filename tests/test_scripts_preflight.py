@@ -27,12 +27,7 @@ from vla.tokenizer import build_tiny_tokenizer
 STEPS = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_preflight_tiny_runs_every_step(tmp_path, capsys):
