@@ -72,15 +72,15 @@ def test_fit_recovers_known_coefficients_and_r2():
 
 
 def _synthetic_points(rng):
-    pts = [Point("base", "base", math.nan, 0, 0.3, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0)]
+    pts = [Point("base", "base", math.nan, 0, 0.3, 0.7, 0.0, kl_forward=0.0, kl_reverse=0.0, tv=0.0, l2_weight=0.0)]
     for method, scale in (("ppo", 0.2), ("sft", 1.5)):
         for lr in (1e-4, 3e-4):
             run = f"{method}_lr{lr:g}"
             for step in (10, 20, 30):
                 kl = scale * step / 30 * (lr / 1e-4)
                 fg = 0.02 + 0.05 * kl + 0.04 * kl**2 + rng.normal(0, 0.005)
-                pts.append(Point(run, method, lr, step, min(1, 0.3 + 0.02 * step), 0.7 - fg, fg,
-                                 kl, 0.8 * kl, min(1, 0.1 * kl), 0.5 * kl + rng.uniform(0, 1)))
+                pts.append(Point(run, method, lr, step, min(1, 0.3 + 0.02 * step), 0.7 - fg, fg, kl_forward=kl,
+                                 kl_reverse=0.8 * kl, tv=min(1, 0.1 * kl), l2_weight=0.5 * kl + rng.uniform(0, 1)))
     return pts
 
 
