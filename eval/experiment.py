@@ -832,7 +832,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     "cpu": ExperimentConfig(
         preset="cpu", run_dir="runs/razor-cpu", model="tiny", image_size=64,
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
-        new_task="metaworld/button-press", demos_per_task=30, pi0_new_task_demos=4, pi0_steps=1500,
+        new_task="metaworld/button-press", demos_per_task=30, pi0_new_task_demos=1, pi0_steps=1500,
         pi0_batch_size=64, pi0_lr=1e-3, methods=("reinforce", "sft"), reinforce_lrs=(3e-4, 1e-3),
         rl_batch_sizes=(8,), rl_trajectories_per_state=4, ppo_lrs=(3e-4, 1e-3), sft_lrs=(1e-3, 3e-3),
         lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150,
@@ -845,7 +845,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     "cpu-full": ExperimentConfig(
         preset="cpu-full", run_dir="runs/razor-cpu-full", model="tiny", image_size=64,
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
-        new_task="metaworld/button-press", demos_per_task=30, pi0_new_task_demos=4, pi0_steps=1500,
+        new_task="metaworld/button-press", demos_per_task=30, pi0_new_task_demos=1, pi0_steps=1500,
         pi0_batch_size=64, pi0_lr=1e-3, methods=("reinforce", "grpo", "ppo", "sft", "sft+kl", "rft"),
         reinforce_lrs=(1e-4, 3e-4, 1e-3), grpo_lrs=(1e-4, 3e-4, 1e-3), ppo_lrs=(1e-4, 3e-4, 1e-3),
         sft_lrs=(3e-4, 1e-3, 3e-3), rft_lrs=(3e-4, 1e-3, 3e-3), rl_batch_sizes=(8, 16), rl_trajectories_per_state=4,
