@@ -238,13 +238,7 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 def _progress_line(path: Path) -> str:
     """The last line a running stage printed (a tqdm bar's latest state, or its last log line)."""
-    if not path.exists():
-        return ""
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 2000))
-        text = f.read().decode(errors="replace").replace("\r", "\n")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:160] if lines else ""
+    return _log_tail(path, lines=1)[:160] if path.exists() else ""
 
 
 def run_graph(stages: list[Stage], runner: StageRunner, launcher: Launcher | None = None, workers: int = 1,
