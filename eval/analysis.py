@@ -11,6 +11,7 @@ records that eval/suite.py writes (see `EvalRecord` there). Its fields:
     act_l1, act_l2, kl_forward_visited
     new_success, prior_success, forgetting      new-task success, mean prior-task success, mean forgetting
     forgetting_se                               its standard error from the paired episodes (eval/study.py)
+    kl_forward_se                               forward KL's standard error over the held-out observations
     episodes                                    {task: per-episode success} (for the bootstrap; not in the CSV)
 
 The fits are least squares polynomials forgetting = c0 + c1 x (+ c2 x^2) with the coefficient of determination
@@ -81,6 +82,7 @@ class Point:
     kl_forward_visited: float = float("nan")
     batch_size: int = 0
     forgetting_se: float = float("nan")
+    kl_forward_se: float = float("nan")
     new_task: str | None = None
     prior_tasks: list = field(default_factory=list)
     episodes: dict = field(default_factory=dict)
@@ -108,6 +110,7 @@ class Point:
             **{k: kl.get(k, 0.0 if base else math.nan) for k in
                ("kl_forward", "kl_reverse", "kl_reverse_is", "tv", "dist_l2", "entropy_change")},
             l2_weight=rec.get("l2_weight", math.nan) if rec.get("l2_weight") is not None else math.nan,
+            kl_forward_se=kl.get("kl_forward_stderr", math.nan),
             new_task=new_task,
             prior_tasks=list(prior),
             episodes={t: [int(x) for x in r["episode_success"]] for t, r in tasks.items() if "episode_success" in r},
@@ -460,7 +463,7 @@ def write_points_csv(points: list[Point], path: str | Path) -> Path:
     import csv
 
     cols = ["run", "method", "lr", "batch_size", "step", "new_success", "prior_success", "forgetting", "forgetting_se",
-            *PREDICTORS]
+            "kl_forward_se", *PREDICTORS]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)

@@ -159,6 +159,13 @@ class ExperimentConfig:
     """LoRA rank."""
     lora_alpha: int = 16
     """LoRA alpha."""
+    gradient_checkpointing: bool = False
+    """Recompute each LM layer's activations in the backward pass of every training stage (warm-up, RL, SFT):
+    what lets OpenVLA-7B's updates fit one GPU, at ~1/3 more compute."""
+    rl_grad_accum_steps: int = 1
+    """Micro-batches each RL optimizer step (PPO: each minibatch) is split into (gradients accumulated)."""
+    sft_grad_accum_steps: int = 1
+    """Micro-batches each SFT / warm-up batch is split into (a divisor of the batch sizes)."""
     updates: int = 4
     """Updates (PPO iterations / SFT optimizer steps) per run."""
     checkpoint_every: int = 2
@@ -257,6 +264,12 @@ class ExperimentConfig:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if (self.ppo_num_envs * self.ppo_num_steps) % self.ppo_minibatches:
             raise ConfigError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
+        if min(self.rl_grad_accum_steps, self.sft_grad_accum_steps) < 1:
+            raise ConfigError("rl_grad_accum_steps and sft_grad_accum_steps must be >= 1")
+        sft_batches = self.sft_batch_sizes + ((self.warmup_batch_size,) if self.warmup else ())
+        if any(b % self.sft_grad_accum_steps for b in sft_batches):
+            raise ConfigError(f"sft_grad_accum_steps={self.sft_grad_accum_steps} must divide every SFT / warm-up "
+                              f"batch size {sft_batches}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -405,7 +418,8 @@ class Experiment:
                                  batch_size=cfg.warmup_batch_size, seed=cfg.seed, run_dir=str(train_dir),
                                  resume=(train_dir / "config.json").exists(), log_kl=False,
                                  checkpoint_every=max(1, cfg.warmup_steps // 4), progress=cfg.progress,
-                                 torch_threads=cfg.num_threads)
+                                 torch_threads=cfg.num_threads, gradient_checkpointing=cfg.gradient_checkpointing,
+                                 grad_accum_steps=cfg.sft_grad_accum_steps)
             t0 = time.perf_counter()
             summary = sft.train(tcfg)
             gc.collect()  # the trained copy must be gone before a second 7B model is loaded to merge into
@@ -567,9 +581,10 @@ class Experiment:
                           checkpoint_every=every, keep_checkpoints=10_000, callback_every=every,
                           progress=cfg.progress, torch_threads=cfg.num_threads, wandb=cfg.wandb,
                           wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
-                          wandb_group=self.dir.resolve().name, wandb_mode=cfg.wandb_mode)
+                          wandb_group=self.dir.resolve().name, wandb_mode=cfg.wandb_mode,
+                          gradient_checkpointing=cfg.gradient_checkpointing)
             rl = dict(task=cfg.new_task, env_kwargs=self.env_options, total_updates=cfg.updates,
-                      env_in_process=cfg.ppo_env_in_process, **common)
+                      env_in_process=cfg.ppo_env_in_process, grad_accum_steps=cfg.rl_grad_accum_steps, **common)
             t0 = time.perf_counter()
             if method == "ppo":
                 from rollouts.ppo import PPOConfig, train
@@ -590,7 +605,8 @@ class Experiment:
                 from rollouts.sft import SFTConfig, train
 
                 tcfg = SFTConfig(dataset=demo_dir, total_updates=cfg.sft_updates or cfg.updates, batch_size=batch_size,
-                                 kl_coef=cfg.sft_kl_coef if method == "sft+kl" else 0.0, **common)
+                                 kl_coef=cfg.sft_kl_coef if method == "sft+kl" else 0.0,
+                                 grad_accum_steps=cfg.sft_grad_accum_steps, **common)
             summary = train(tcfg, callbacks=[monitor.callback])
             return {"run_dir": str(run_dir), "method": method, "lr": lr, "batch_size": batch_size,
                     "description": METHODS[method], "config": tcfg.to_dict(), "wall_s": time.perf_counter() - t0,
@@ -855,17 +871,24 @@ PRESETS: dict[str, ExperimentConfig] = {
         videos_per_task=1, kl_obs=64, kl_samples_per_obs=2),
     # the real checkpoint on SimplerEnv Bridge tasks, one A100 (give --model <openvla-7b dir>). OpenVLA-7B alone
     # rarely succeeds on these scenes, so pi0 is first warmed up on Bridge-expert demos of the three prior tasks
-    # and a few of the new task (224 px, SimplerEnv's native camera); then PPO and SFT on the new task; 75
-    # evaluation episodes per task. Not run in this repository (no GPU); its miniature is "bridge-mini" below.
+    # and a few of the new task (224 px, SimplerEnv's native camera); then the paper's robot protocol on the new
+    # task: REINFORCE (binary success, batch-normalized baseline, no KL; 4 episodes per initial state so that a
+    # batch of 16, the paper's smallest, holds whole groups: the paper used 5) and SFT, constant LR after 10
+    # warm-up updates; 75 evaluation episodes per task. Every update fits one 80 GB A100 through gradient
+    # checkpointing and micro-batches of <= 16 samples (REINFORCE: 16 episodes x <= 60 steps in 60 micro-batches;
+    # rollouts/budget.py and `razor-preflight` size them). Not run in this repository (no GPU); its miniature is
+    # "bridge-mini" below.
     "openvla-7b": ExperimentConfig(
         preset="openvla-7b", run_dir="runs/razor-openvla-7b", model="openvla-7b", image_size=224,
         unnorm_key="bridge_orig",
         prior_tasks=("simpler/PutSpoonOnTableClothInScene", "simpler/StackGreenCubeOnYellowCubeBakedTexInScene",
                      "simpler/PutEggplantInBasketScene"),
         new_task="simpler/PutCarrotOnPlateInScene", warmup=True, warmup_demos_per_task=100,
-        warmup_new_task_demos=10, warmup_steps=2000, warmup_batch_size=16, warmup_lr=5e-4, methods=("ppo", "sft"),
-        ppo_lrs=(1e-5, 3e-5), sft_lrs=(1e-5, 3e-5), lora_rank=32, lora_alpha=16, updates=60, checkpoint_every=15,
-        ppo_num_envs=16, ppo_num_steps=60, ppo_minibatches=8, ppo_epochs=1, ppo_reward="sparse", sft_demos=100,
+        warmup_new_task_demos=10, warmup_steps=2000, warmup_batch_size=16, warmup_lr=5e-4,
+        methods=("reinforce", "sft"), reinforce_lrs=(1e-5, 3e-5), rl_batch_sizes=(16,), rl_trajectories_per_state=4,
+        ppo_lrs=(1e-5, 3e-5), sft_lrs=(1e-5, 3e-5), lr_warmup_updates=10, lora_rank=32, lora_alpha=16,
+        gradient_checkpointing=True, rl_grad_accum_steps=60, sft_grad_accum_steps=1, updates=60, checkpoint_every=15,
+        ppo_num_envs=16, ppo_num_steps=60, ppo_minibatches=4, ppo_epochs=1, ppo_reward="sparse", sft_demos=100,
         eval_episodes=75, eval_num_envs=16, videos_per_task=3, kl_obs=128, kl_samples_per_obs=2, sft_batch_sizes=(16,),
         stage_gpus=1.0),
 }
@@ -878,6 +901,7 @@ PRESETS["bridge-mini"] = dataclasses.replace(
     env_kwargs={"native_camera": False}, prior_tasks=("simpler/StackGreenCubeOnYellowCubeBakedTexInScene",),
     demos_per_task=1, pi0_new_task_demos=1, pi0_steps=2, pi0_batch_size=4, warmup_demos_per_task=1,
     warmup_new_task_demos=1, warmup_steps=2, warmup_batch_size=4, updates=2, checkpoint_every=2, ppo_num_envs=1,
-    ppo_num_steps=2, ppo_minibatches=1, ppo_epochs=1, ppo_env_in_process=True, ppo_lrs=(1e-4,), sft_lrs=(1e-4,),
-    sft_demos=1, sft_batch_sizes=(4,), eval_episodes=1, eval_num_envs=1, videos_per_task=1, kl_obs=2,
-    kl_samples_per_obs=1, lora_rank=2, stage_gpus=0.0)
+    ppo_num_steps=2, ppo_minibatches=1, ppo_epochs=1, ppo_env_in_process=True, reinforce_lrs=(1e-4,), ppo_lrs=(1e-4,),
+    sft_lrs=(1e-4,), rl_batch_sizes=(2,), rl_trajectories_per_state=2, lr_warmup_updates=0, rl_grad_accum_steps=2,
+    sft_grad_accum_steps=2, sft_demos=1, sft_batch_sizes=(4,), eval_episodes=1, eval_num_envs=1, videos_per_task=1,
+    kl_obs=2, kl_samples_per_obs=1, lora_rank=2, stage_gpus=0.0)

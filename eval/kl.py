@@ -97,15 +97,23 @@ def sequence_estimates(logp0: torch.Tensor, logp: torch.Tensor, tokens_bins: tor
     }
 
 
-def summarize(est: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Average per-sample estimates into the reported metrics (see the module docstring)."""
+def summarize(est: dict[str, torch.Tensor], observation: torch.Tensor | None = None) -> dict[str, float]:
+    """Average per-sample estimates into the reported metrics (see the module docstring).
+
+    observation: [N] the index of the observation each sample was drawn on. Samples of one observation share it, so
+    kl_forward_stderr is the standard error over observations (of their sample means); None: every sample its own."""
     out = {k: float(est[k].mean()) for k in ("kl_forward", "kl_reverse", "tv", "kl_forward_tok1", "dist_l2",
                                               "entropy_change")}
     w = torch.softmax(est["_log_w"], dim=0)  # self-normalised importance weights per token position, [N, T]
     out["kl_reverse_is"] = float((w * est["_rev_tok"]).sum(0).sum())
     n = est["kl_forward"].numel()
-    out["kl_forward_stderr"] = float(est["kl_forward"].std() / math.sqrt(n)) if n > 1 else float("nan")
-    out["n_samples"] = n
+    observation = torch.arange(n) if observation is None else torch.as_tensor(observation)
+    groups = torch.unique(observation, return_inverse=True)[1]
+    n_obs = int(groups.max()) + 1
+    per_obs = torch.zeros(n_obs, dtype=torch.float64).index_add_(0, groups, est["kl_forward"].double())
+    per_obs /= torch.bincount(groups, minlength=n_obs).double()
+    out["kl_forward_stderr"] = float(per_obs.std() / math.sqrt(n_obs)) if n_obs > 1 else float("nan")
+    out["n_samples"], out["n_observations"] = n, n_obs
     return out
 
 
@@ -158,6 +166,15 @@ class BaseSamples:
     instructions: list[str]
     tokens: torch.Tensor
     logp0: torch.Tensor
+
+    def observation_index(self) -> torch.Tensor:
+        """[N] which observation each row was sampled on: a new one wherever the image or instruction changes
+        (sample_base repeats each observation on consecutive rows)."""
+        flat = self.images.reshape(len(self.images), -1)
+        new = np.ones(len(flat), dtype=bool)
+        instructions = np.array(self.instructions)
+        new[1:] = np.any(flat[1:] != flat[:-1], axis=1) | (instructions[1:] != instructions[:-1])
+        return torch.from_numpy(np.cumsum(new) - 1)
 
 
 def sample_base(policy, images: np.ndarray, instructions: Sequence[str], samples_per_obs: int = 1,
@@ -226,7 +243,7 @@ def policy_logprobs(policy, base: BaseSamples, batch_size: int = 32) -> torch.Te
 def measure(policy, base: BaseSamples, batch_size: int = 32) -> dict[str, float]:
     """All metrics of pi against the cached pi0 samples (see the module docstring)."""
     logp = policy_logprobs(policy, base, batch_size)
-    return summarize(sequence_estimates(base.logp0, logp, _bins_of(policy, base.tokens)))
+    return summarize(sequence_estimates(base.logp0, logp, _bins_of(policy, base.tokens)), base.observation_index())
 
 
 def kl_divergences(policy, images: np.ndarray, instructions: Sequence[str], samples_per_obs: int = 1,
@@ -326,7 +343,7 @@ class KLMonitor:
         base = self.prepare(policy)
         t0 = time.perf_counter()
         stats = measure(policy, base, self.batch_size)
-        metrics = {METRIC_PREFIX + k: v for k, v in stats.items() if k != "n_samples"}
+        metrics = {METRIC_PREFIX + k: v for k, v in stats.items() if k not in ("n_samples", "n_observations")}
         metrics["time/kl_monitor_s"] = time.perf_counter() - t0
         row = {"update": update, **metrics}
         self.history.append(row)

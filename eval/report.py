@@ -165,11 +165,13 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
           r["mean_forgetting"], r["mean_kl_forward"]] for r in analysis["methods"]]), ""]
 
     md += ["## Checkpoints", "", "Forgetting with its 95% interval (±1.96 SE of the paired episode differences); "
+           "forward KL with its 95% interval over the held-out observations (±1.96 SE); "
            "`*`: within 2 points of the Pareto frontier.", "", _table(
-        ["run", "method", "lr", "batch", "step", "new success", "prior success", "forgetting [95% CI]", "KL fwd",
-         "KL rev", "TV", "L2 w", "Fisher L2", "act L2", "entropy Δ", "KL fwd (visited)"],
+        ["run", "method", "lr", "batch", "step", "new success", "prior success", "forgetting [95% CI]",
+         "KL fwd [95% CI]", "KL rev", "TV", "L2 w", "Fisher L2", "act L2", "entropy Δ", "KL fwd (visited)"],
         [[p["run"] + ("*" if p.get("near_frontier") else ""), p["method"], p["lr"], p.get("batch_size"), p["step"],
-          p["new_success"], p["prior_success"], _ci(p["forgetting"], p.get("forgetting_se")), p["kl_forward"],
+          p["new_success"], p["prior_success"], _ci(p["forgetting"], p.get("forgetting_se")),
+          _ci(p["kl_forward"], p.get("kl_forward_se")),
           p["kl_reverse"], p["tv"], p["l2_weight"], p.get("fisher_l2"), p.get("act_l2"), p.get("entropy_change"),
           p.get("kl_forward_visited")] for p in points]), ""]
 

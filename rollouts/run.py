@@ -100,7 +100,8 @@ def build_policy(cfg: TrainConfig, device: torch.device, adapter_dir: Path | Non
             LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, lm_head=cfg.lora_lm_head)
         )
     if cfg.gradient_checkpointing:
-        policy.vla.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm = policy.vla.language_model
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return policy
 
 

@@ -23,8 +23,10 @@ MINI = dict(pi0_steps=3, pi0_batch_size=8, demos_per_task=2, pi0_new_task_demos=
 
 def test_mini_experiment_produces_every_artifact_and_resumes(tmp_path):
     methods = ("ppo", "sft") if HAS_SFT else ("ppo",)
+    # with the openvla-7b preset's memory settings (gradient checkpointing, micro-batches), which must reach training
     cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                           methods=methods, **MINI)
+                           methods=methods, gradient_checkpointing=True, rl_grad_accum_steps=2, sft_grad_accum_steps=2,
+                           **MINI)
     logs = []
     report = Experiment(cfg, log=logs.append).run_all()
     run = tmp_path / "run"
@@ -32,6 +34,11 @@ def test_mini_experiment_produces_every_artifact_and_resumes(tmp_path):
     for png in ("forgetting_vs_kl", "forgetting_vs_predictors", "pareto", "learning_curves"):
         assert (run / "analysis" / f"{png}.png").stat().st_size > 1000 and f"analysis/{png}.png" in text
     assert (run / "analysis" / "points.csv").exists() and (run / "kl_base.npz").exists()
+    # every checkpoint's forward KL carries its interval over the held-out observations, in the CSV and the report
+    import csv
+    rows = [r for r in csv.DictReader((run / "analysis" / "points.csv").open()) if r["method"] != "base"]
+    assert rows and all(float(r["kl_forward_se"]) >= 0 for r in rows)
+    assert "KL fwd [95% CI]" in text
     for m in methods:
         for step in (1, 2):
             rec = json.loads((run / "evals" / f"{m}_lr0.0003" / f"step_{step:06d}" / "eval.json").read_text())
@@ -42,6 +49,9 @@ def test_mini_experiment_produces_every_artifact_and_resumes(tmp_path):
         assert online[-1]["eval/kl_forward"] == pytest.approx(rec["kl"]["kl_forward"], rel=1e-6, abs=1e-9)
     assert list((run / "evals" / "base" / "videos").glob("*.mp4")) and "videos/" in text
     assert set(json.loads((run / "timings.json").read_text())) >= {"pi0", "eval_base", "kl_base", "report"}
+    for m in methods:
+        trained = json.loads((run / "stages" / f"train_{m}_lr0.0003.json").read_text())["result"]["config"]
+        assert trained["gradient_checkpointing"] and trained["grad_accum_steps"] == 2
 
     # rerun: every stage but the report is skipped
     logs.clear()
@@ -62,6 +72,8 @@ def test_bad_experiment_configs(tmp_path):
         ExperimentConfig(methods=("dpo",))
     with pytest.raises(ValueError, match="multiple of rl_trajectories_per_state"):
         ExperimentConfig(rl_batch_sizes=(6,), rl_trajectories_per_state=4)
+    with pytest.raises(ValueError, match="sft_grad_accum_steps=3 must divide"):
+        ExperimentConfig(sft_batch_sizes=(16, 32), sft_grad_accum_steps=3)
     with pytest.raises(KeyError, match="toy/reach-side"):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "a"), new_task="toy/reach-sid"), log=lambda s: None)
     with pytest.raises(ValueError, match="checkpoint"):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.kl import KLMonitor, kl_divergences, lora_weight_distance, sequence_estimates, token_divergences
+from eval.kl import (KLMonitor, kl_divergences, lora_weight_distance, policy_logprobs, sample_base, sequence_estimates,
+                     summarize, token_divergences)
 
 T, NB, NX = 7, 3, 4
 
@@ -113,8 +114,18 @@ def test_monte_carlo_estimate_matches_exact():
     exact = np.array([_exact(pol, x) for x in xs]).mean(0)
     images, instr = _obs(xs)
     est = kl_divergences(pol, images, instr, samples_per_obs=1500, batch_size=1000, seed=3)
-    assert est["n_samples"] == 6000
-    assert abs(est["kl_forward"] - exact[0]) < 4 * est["kl_forward_stderr"] + 1e-3
+    assert est["n_samples"] == 6000 and est["n_observations"] == 4
+    # the Monte-Carlo error alone (every sample independent given its observation) bounds the distance to the exact
+    # mean over these four observations
+    base = sample_base(pol, images, instr, samples_per_obs=1500, batch_size=1000, seed=3)
+    per_sample = sequence_estimates(base.logp0, policy_logprobs(pol, base, 1000), base.tokens)
+    monte_carlo = summarize(per_sample)
+    assert monte_carlo["kl_forward"] == pytest.approx(est["kl_forward"])
+    assert abs(monte_carlo["kl_forward"] - exact[0]) < 4 * monte_carlo["kl_forward_stderr"] + 1e-3
+    # the reported interval is over observations: the spread of their four means, not of the 6000 samples
+    per_obs = per_sample["kl_forward"].reshape(4, 1500).mean(1)
+    assert est["kl_forward_stderr"] == pytest.approx(float(per_obs.std()) / 2)
+    assert est["kl_forward_stderr"] > 3 * monte_carlo["kl_forward_stderr"]
     assert est["kl_reverse_is"] == pytest.approx(exact[1], rel=0.1)
     assert 0 < est["tv"] < 1
 
