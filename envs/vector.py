@@ -32,6 +32,10 @@ reset, (obs, reward, terminated, truncated, info) unbatched for a step. With aut
 reset (obs is its last observation) and the caller resets it with the seed it wants. A worker that died is restarted
 as above: a step reports its episode truncated (obs = the last one seen), a reset is repeated on the new env.
 
+Priority: worker_nice=k (> 0) starts every worker process k steps nicer than the caller, so that on a machine
+with few cores the caller's policy, which the next step of every env waits on, runs first and the workers fill in the
+remaining CPU time (eval/suite.py's overlap mode relies on it). Raising niceness needs no privileges.
+
 Native vectorization: a backend may give its TaskSpec a `vec_factory` (e.g. ManiSkill3's GPU-batched envs). With
 native=None (default) make_vec uses it when it returns an env for these arguments, native=True requires it,
 native=False always uses process workers. A native vector env must follow the batched contract above.
@@ -63,11 +67,12 @@ def make_vec(
     seed: int = 0,
     native: bool | None = None,
     in_process: bool | None = None,
+    worker_nice: int = 0,
     **options: Any,
 ):
     """A vector env of `num_envs` copies of `task_id`; options go to the task's factory. native: use the backend's
-    vec_factory (None: when it has one that works here); in_process: no worker processes (None: when num_envs == 1).
-    See the module docstring for the batched contract."""
+    vec_factory (None: when it has one that works here); in_process: no worker processes (None: when num_envs == 1);
+    worker_nice: how much nicer than this process the worker processes run. See the module docstring."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     spec = get_spec(task_id)
@@ -77,7 +82,7 @@ def make_vec(
             return vec
     if native:
         raise ValueError(f"{task_id} has no native vector env for these arguments (backend {spec.backend!r})")
-    return ProcessVectorEnv(task_id, num_envs, seed=seed, in_process=in_process, **options)
+    return ProcessVectorEnv(task_id, num_envs, seed=seed, in_process=in_process, worker_nice=worker_nice, **options)
 
 
 def _step_autoreset(env: gym.Env, action: np.ndarray) -> tuple:
@@ -99,9 +104,11 @@ def _handle(env: gym.Env, command: str, payload: Any) -> Any:
     raise ValueError(f"unknown vector-env command {command!r}")
 
 
-def _worker_main(conn: Connection, task_id: str, options: dict[str, Any]) -> None:
+def _worker_main(conn: Connection, task_id: str, options: dict[str, Any], nice: int = 0) -> None:
     """A worker process: build the env, report its spaces, then serve (command, payload) requests until "close"."""
     os.environ["OMP_NUM_THREADS"] = "1"  # N workers share the CPU cores; set before the simulator is imported
+    if nice > 0:
+        os.nice(nice)  # before the renderer starts its threads, which inherit it
     try:
         env = make(task_id, **options)
         conn.send(("ok", (env.observation_space, env.action_space)))
@@ -155,8 +162,8 @@ class _LocalWorker:
 class _ProcessWorker:
     """One env in a child process, talking over a pipe."""
 
-    def __init__(self, task_id: str, options: dict[str, Any], index: int):
-        self.task_id, self.options, self.index = task_id, options, index
+    def __init__(self, task_id: str, options: dict[str, Any], index: int, nice: int = 0):
+        self.task_id, self.options, self.index, self.nice = task_id, options, index, nice
         self.spaces: tuple[gym.Space, gym.Space] | None = None
         self._start()
 
@@ -164,7 +171,7 @@ class _ProcessWorker:
         context = mp.get_context(MP_CONTEXT)
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(
-            target=_worker_main, args=(child_conn, self.task_id, self.options), daemon=True,
+            target=_worker_main, args=(child_conn, self.task_id, self.options, self.nice), daemon=True,
             name=f"razor-env-{self.task_id}-{self.index}",
         )  # fmt: skip
         self.process.start()
@@ -224,7 +231,8 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
 
-    def __init__(self, task_id: str, num_envs: int, *, seed: int = 0, in_process: bool | None = None, **options):
+    def __init__(self, task_id: str, num_envs: int, *, seed: int = 0, in_process: bool | None = None,
+                 worker_nice: int = 0, **options):
         self.task_id, self.num_envs, self.options = task_id, num_envs, options
         self._base_seed = seed
         self._started = False  # the first reset() without a seed still seeds env i with seed + i
@@ -236,7 +244,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         if in_process:
             self.workers: list[Any] = [_LocalWorker(task_id, options) for _ in range(num_envs)]
         else:
-            self.workers = [_ProcessWorker(task_id, options, i) for i in range(num_envs)]
+            self.workers = [_ProcessWorker(task_id, options, i, worker_nice) for i in range(num_envs)]
             try:
                 for worker in self.workers:
                     worker.handshake()
