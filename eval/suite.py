@@ -20,7 +20,8 @@ reset(seed=seeds[k]) and its result is recorded as episode k, whichever env runs
 `num_envs` (for an actor whose actions do not depend on the batch). With process workers (envs/vector.py) the envs
 are kept busy: an env whose episode ended is reset with the next episode's seed at once, envs with nothing left to
 run are not stepped, and (overlap=True) one half of the envs steps while the actor computes the other half's
-actions. A native vector env, which steps all its envs together, runs waves of `num_envs` episodes instead
+actions; the tasks of a suite run one after the other on the same worker processes (`switch_task`: no new processes,
+imports or GL contexts per task). A native vector env, which steps all its envs together, runs waves of `num_envs` episodes instead
 (episodes that end early are masked until the wave ends). An episode succeeds if
 `info["success"]` was true at any step (success_once). Videos of the first `videos_per_task` episodes of each task
 are written when `video_dir` is given.
@@ -199,12 +200,6 @@ class TaskResult:
         return d
 
 
-def _make_vec(task_id: str, num_envs: int, first_seed: int, env_options: dict):
-    import envs
-
-    return envs.make_vec(task_id, num_envs, seed=first_seed, **env_options)
-
-
 def _instructions(obs: dict, n: int) -> list[str]:
     ins = obs["instruction"]
     return [str(ins)] * n if isinstance(ins, str) else [str(s) for s in ins]
@@ -238,35 +233,66 @@ def run_task(actor: Actor, task_id: str, seeds: Sequence[int], num_envs: int = 4
     overlap saved (measured on the cpu experiment's settings: x0.83-0.97 against refilling alone, 2 cores); it is
     meant for a policy on an accelerator, whose inference leaves the cores to the workers.
     progress: a bar of finished episodes with ETA."""
+    seeds, env_options = _checked_seeds(task_id, seeds), dict(env_options or {})
+    venv = _task_vec(None, task_id, _num_envs(num_envs, seeds), seeds[0], env_options)
+    try:
+        return _run_on(venv, actor, task_id, seeds, max_steps, video_dir, videos, video_fps, overlap, progress)
+    finally:
+        venv.close()
+
+
+def _checked_seeds(task_id: str, seeds: Sequence[int]) -> list[int]:
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError(f"no seeds given for {task_id!r}")
+    return seeds
+
+
+def _num_envs(num_envs: int, seeds: list[int]) -> int:
+    return max(1, min(num_envs, len(seeds)))
+
+
+def _task_vec(venv, task_id: str, num_envs: int, first_seed: int, env_options: dict):
+    """A vector env of `num_envs` envs of `task_id`: `venv` (None, or the previous task's) switched to the task when
+    it has process workers and as many envs, else a new one (`venv` closed)."""
+    import envs
+    from envs.vector import ProcessVectorEnv
+
+    if isinstance(venv, ProcessVectorEnv) and not venv.closed and venv.num_envs == num_envs:
+        try:
+            venv.switch_task(task_id, **env_options)
+            return venv
+        except BaseException:
+            venv.close()
+            raise
+    if venv is not None:
+        venv.close()
+    return envs.make_vec(task_id, num_envs, seed=first_seed, **env_options)
+
+
+def _run_on(venv, actor: Actor, task_id: str, seeds: list[int], max_steps: int | None, video_dir, videos: int,
+            video_fps: int, overlap: bool, progress: bool) -> TaskResult:
+    """run_task on a vector env of `task_id` that the caller made and closes."""
     from tqdm import tqdm
 
     import envs
     from envs.vector import ProcessVectorEnv
 
-    spec = envs.get_spec(task_id)
-    horizon = int(max_steps or spec.max_episode_steps)
-    env_options = dict(env_options or {})
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError(f"no seeds given for {task_id!r}")
-    n_env = max(1, min(num_envs, len(seeds)))
-    venv = _make_vec(task_id, n_env, seeds[0], env_options)
+    horizon = int(max_steps or envs.get_spec(task_id).max_episode_steps)
     shape = tuple(venv.single_action_space.shape)
     if shape != (ACTION_DIM,):
-        venv.close()
         raise ValueError(f"task {task_id!r} takes actions of shape {shape}, the policy emits ({ACTION_DIM},)")
     recorder = _Videos(task_id, seeds, videos if video_dir else 0, video_dir, video_fps)
     t0 = time.perf_counter()
     bar = tqdm(total=len(seeds), desc=task_id, unit="episode", disable=not progress, dynamic_ncols=True)
     try:
         if isinstance(venv, ProcessVectorEnv):
-            groups = 2 if overlap and n_env >= 2 else 1
+            groups = 2 if overlap and venv.num_envs >= 2 else 1
             ep_success, ep_len = _run_refilled(actor, venv, seeds, horizon, recorder, groups, bar.update)
         else:
             ep_success, ep_len = _run_waves(actor, venv, seeds, horizon, recorder, bar.update)
     finally:
         bar.close()
-        venv.close()
     return TaskResult(task_id, int(sum(ep_success)), len(ep_success), float(np.mean(ep_len)) if ep_len else math.nan,
                       list(seeds), ep_success, ep_len, time.perf_counter() - t0)
 
@@ -420,13 +446,18 @@ def evaluate(actor: Actor, suite: Suite, num_envs: int = 4, video_dir: str | Pat
              videos_per_task: int = 0, progress: bool = False, overlap: bool = False) -> dict[str, TaskResult]:
     """Run every task of `suite`; {task_id: TaskResult} in suite order (run_task documents `overlap`)."""
     validate_tasks(suite.task_ids)
-    results = {}
-    for task in suite.tasks:
-        results[task.id] = run_task(actor, task.id, suite.seeds(task), num_envs, suite.env_options,
-                                    video_dir=video_dir, videos=videos_per_task, overlap=overlap, progress=progress)
-        if progress:
-            r = results[task.id]
-            print(f"  {task.id}: {r.successes}/{r.trials} success, {r.wall_s:.1f}s", flush=True)
+    results, venv = {}, None
+    try:
+        for task in suite.tasks:
+            seeds = _checked_seeds(task.id, suite.seeds(task))
+            venv = _task_vec(venv, task.id, _num_envs(num_envs, seeds), seeds[0], dict(suite.env_options))
+            results[task.id] = r = _run_on(venv, actor, task.id, seeds, None, video_dir, videos_per_task, 10,
+                                           overlap, progress)
+            if progress:
+                print(f"  {task.id}: {r.successes}/{r.trials} success, {r.wall_s:.1f}s", flush=True)
+    finally:
+        if venv is not None:
+            venv.close()
     return results
 
 

@@ -166,6 +166,24 @@ def test_vector_env_per_env_calls_step_some_envs_without_autoreset(vec):
     assert obs["state"][1] == pytest.approx(1 / FAST_HORIZON)
 
 
+def test_vector_env_switch_task_keeps_the_workers_and_acts_as_a_new_env(vec):
+    vec.reset(seed=0)
+    vec.step(np.zeros((3, ACTION_DIM), np.float32))
+    pids = vec.worker_pids
+    vec.switch_task("toy/color-side", image_size=16)
+    assert vec.worker_pids == pids and vec.task_id == "toy/color-side"
+    obs, _ = vec.reset(seed=5)
+    assert obs["image"].shape == (3, 16, 16, 3) and obs in vec.observation_space
+    for i in range(3):  # the same observations as a fresh env of the new task
+        expected, _ = envs.make("toy/color-side", image_size=16).reset(seed=5 + i)
+        np.testing.assert_array_equal(obs["image"][i], expected["image"])
+    os.kill(pids[2], signal.SIGKILL)  # a worker that dies afterwards is restarted on the new task
+    obs, *_ = vec.step(np.zeros((3, ACTION_DIM), np.float32))
+    assert vec.worker_pids[2] != pids[2] and obs["image"].shape == (3, 16, 16, 3)
+    with pytest.raises(KeyError, match="no-such"):
+        vec.switch_task("toy/no-such-task")
+
+
 def test_vector_env_single_env_runs_in_process():
     vec = make_vec(FAST_TASK, 1)
     try:

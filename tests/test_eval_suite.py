@@ -105,8 +105,26 @@ def _as_wave_runner(monkeypatch):
 
     import eval.suite as suite_module
 
-    make = suite_module._make_vec
-    monkeypatch.setattr(suite_module, "_make_vec", lambda *args: gym.vector.VectorWrapper(make(*args)))
+    task_vec = suite_module._task_vec
+    monkeypatch.setattr(suite_module, "_task_vec", lambda venv, *args: gym.vector.VectorWrapper(
+        task_vec(venv.env if venv is not None else None, *args)))
+
+
+def test_suite_runs_its_tasks_on_the_same_workers(monkeypatch):
+    """evaluate switches one vector env from task to task (no new worker processes) with the same results as a
+    fresh vector env per task (run_task)."""
+    import envs
+
+    suite = Suite("toy-two", [SuiteTask("toy/reach-side", 5), SuiteTask("toy/color-side", 4)], seed=7)
+    made = []
+    make_vec = envs.make_vec
+    monkeypatch.setattr(envs, "make_vec", lambda *a, **k: made.append(a[0]) or make_vec(*a, **k))
+    shared = evaluate(seeing_actor, suite, num_envs=2)
+    assert made == ["toy/reach-side"]
+    for task in suite.tasks:
+        alone = run_task(seeing_actor, task.id, suite.seeds(task), num_envs=2)
+        assert shared[task.id].episode_success == alone.episode_success
+        assert shared[task.id].episode_len == alone.episode_len
 
 
 def test_refilled_envs_give_the_same_episodes_for_any_number_of_envs(monkeypatch):
