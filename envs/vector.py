@@ -37,10 +37,6 @@ in the same worker processes (ProcessVectorEnv only), which saves each worker's 
 simulator imports, a GL context: ~1.5 s of a Meta-World worker's ~2 s) when a caller runs several tasks in turn, as
 eval/suite.py's evaluate does. Seeds start over as for a new vector env.
 
-Priority: worker_nice=k (> 0) starts every worker process k steps nicer than the caller, so that on a machine
-with few cores the caller's policy, which the next step of every env waits on, runs first and the workers fill in the
-remaining CPU time (eval/suite.py's overlap mode relies on it). Raising niceness needs no privileges.
-
 Native vectorization: a backend may give its TaskSpec a `vec_factory` (e.g. ManiSkill3's GPU-batched envs). With
 native=None (default) make_vec uses it when it returns an env for these arguments, native=True requires it,
 native=False always uses process workers. A native vector env must follow the batched contract above.
@@ -72,12 +68,11 @@ def make_vec(
     seed: int = 0,
     native: bool | None = None,
     in_process: bool | None = None,
-    worker_nice: int = 0,
     **options: Any,
 ):
     """A vector env of `num_envs` copies of `task_id`; options go to the task's factory. native: use the backend's
-    vec_factory (None: when it has one that works here); in_process: no worker processes (None: when num_envs == 1);
-    worker_nice: how much nicer than this process the worker processes run. See the module docstring."""
+    vec_factory (None: when it has one that works here); in_process: no worker processes (None: when num_envs == 1).
+    See the module docstring for the batched contract."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     spec = get_spec(task_id)
@@ -87,7 +82,7 @@ def make_vec(
             return vec
     if native:
         raise ValueError(f"{task_id} has no native vector env for these arguments (backend {spec.backend!r})")
-    return ProcessVectorEnv(task_id, num_envs, seed=seed, in_process=in_process, worker_nice=worker_nice, **options)
+    return ProcessVectorEnv(task_id, num_envs, seed=seed, in_process=in_process, **options)
 
 
 def _step_autoreset(env: gym.Env, action: np.ndarray) -> tuple:
@@ -109,11 +104,9 @@ def _handle(env: gym.Env, command: str, payload: Any) -> Any:
     raise ValueError(f"unknown vector-env command {command!r}")
 
 
-def _worker_main(conn: Connection, task_id: str, options: dict[str, Any], nice: int = 0) -> None:
+def _worker_main(conn: Connection, task_id: str, options: dict[str, Any]) -> None:
     """A worker process: build the env, report its spaces, then serve (command, payload) requests until "close"."""
     os.environ["OMP_NUM_THREADS"] = "1"  # N workers share the CPU cores; set before the simulator is imported
-    if nice > 0:
-        os.nice(nice)  # before the renderer starts its threads, which inherit it
     try:
         env = make(task_id, **options)
         conn.send(("ok", (env.observation_space, env.action_space)))
@@ -176,8 +169,8 @@ class _LocalWorker:
 class _ProcessWorker:
     """One env in a child process, talking over a pipe."""
 
-    def __init__(self, task_id: str, options: dict[str, Any], index: int, nice: int = 0):
-        self.task_id, self.options, self.index, self.nice = task_id, options, index, nice
+    def __init__(self, task_id: str, options: dict[str, Any], index: int):
+        self.task_id, self.options, self.index = task_id, options, index
         self.spaces: tuple[gym.Space, gym.Space] | None = None
         self._start()
 
@@ -185,7 +178,7 @@ class _ProcessWorker:
         context = mp.get_context(MP_CONTEXT)
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(
-            target=_worker_main, args=(child_conn, self.task_id, self.options, self.nice), daemon=True,
+            target=_worker_main, args=(child_conn, self.task_id, self.options), daemon=True,
             name=f"razor-env-{self.task_id}-{self.index}",
         )  # fmt: skip
         self.process.start()
@@ -257,8 +250,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
 
-    def __init__(self, task_id: str, num_envs: int, *, seed: int = 0, in_process: bool | None = None,
-                 worker_nice: int = 0, **options):
+    def __init__(self, task_id: str, num_envs: int, *, seed: int = 0, in_process: bool | None = None, **options):
         self.task_id, self.num_envs, self.options = task_id, num_envs, options
         self._base_seed = seed
         self._started = False  # the first reset() without a seed still seeds env i with seed + i
@@ -270,7 +262,7 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         if in_process:
             self.workers: list[Any] = [_LocalWorker(task_id, options) for _ in range(num_envs)]
         else:
-            self.workers = [_ProcessWorker(task_id, options, i, worker_nice) for i in range(num_envs)]
+            self.workers = [_ProcessWorker(task_id, options, i) for i in range(num_envs)]
             try:
                 for worker in self.workers:
                     worker.handshake()
