@@ -21,6 +21,9 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
       (c) collect: rollouts.collect.collect (PPO's sampling, values included) for --tp-steps steps of every env,
     and the ratios (b)/(a) and (c)/(a). The three run one after the other in one process on one machine, so the
     ratios are comparable across runs even where the absolute figures are not (a shared machine is noisy).
+  - start-up (--sections startup; the cpu experiment's 4 tasks, 10 envs each, no policy): seconds to have every task's
+    envs built and reset and then closed, a new vector env per task (how evaluations ran before) against one vector
+    env switched from task to task (envs' switch_task, how eval.suite.evaluate runs a suite now).
 """
 
 from __future__ import annotations
@@ -56,8 +59,12 @@ class Args:
     """Also time the suite on metaworld/reach (skipped if Meta-World is missing)."""
     repeats: int = 5
     """Timing repeats (the median is reported)."""
-    sections: tuple[Literal["kl", "throughput"], ...] = ("kl", "throughput")
-    """What to measure: "kl" (KL monitor, PPO update, toy suite), "throughput" (ceiling, suite, collect)."""
+    sections: tuple[Literal["kl", "throughput", "startup"], ...] = ("kl", "throughput", "startup")
+    """What to measure: "kl" (KL monitor, PPO update, toy suite), "throughput" (ceiling, suite, collect),
+    "startup" (a suite's env start-up, new vector env per task vs switched)."""
+    startup_tasks: tuple[str, ...] = ("metaworld/button-press", "metaworld/button-press-topdown",
+                                      "metaworld/drawer-open", "metaworld/window-open")
+    """Tasks of the start-up section (the cpu experiment's suite)."""
     tp_task: str = "metaworld/drawer-close"
     """Task of the throughput section (the cpu experiment's new task)."""
     tp_image_size: int = 64
@@ -91,6 +98,8 @@ def main(args: Args | None = None) -> dict:
         out.update(kl_section(args))
     if "throughput" in args.sections:
         out.update(throughput_section(args))
+    if "startup" in args.sections:
+        out.update(startup_section(args))
     print(f"model={args.model} threads={torch.get_num_threads()} (figures are wall-clock; the machine may be shared)")
     for k, v in out.items():
         print(f"  {k:45s} {v:10.4f}")
@@ -167,6 +176,38 @@ def ceiling_steps_per_s(task: str, num_envs: int, steps: int, env_options: dict,
         return num_envs * steps / (time.perf_counter() - t0)
     finally:
         vec.close()
+
+
+def startup_section(args: Args) -> dict[str, float]:
+    """A suite's env start-up: a new vector env per task vs one switched from task to task (module docstring)."""
+    import envs
+
+    options = {"image_size": args.tp_image_size}
+    seeds = list(range(args.tp_envs))
+
+    def fresh():
+        for task in args.startup_tasks:
+            vec = envs.make_vec(task, args.tp_envs, **options)
+            vec.reset(seed=seeds)
+            vec.close()
+
+    def switched():
+        vec = None
+        for task in args.startup_tasks:
+            if vec is None:
+                vec = envs.make_vec(task, args.tp_envs, **options)
+            else:
+                vec.switch_task(task, **options)
+            vec.reset(seed=seeds)
+        vec.close()
+
+    out = {}
+    for _ in range(2):  # alternated, so that a change of load hits both
+        out.setdefault("startup_fresh_s", []).append(_median_time(fresh, 1))
+        out.setdefault("startup_switched_s", []).append(_median_time(switched, 1))
+    out = {k: float(np.median(v)) for k, v in out.items()}
+    out["startup_switched_over_fresh"] = out["startup_switched_s"] / out["startup_fresh_s"]
+    return out
 
 
 def throughput_section(args: Args) -> dict[str, float]:

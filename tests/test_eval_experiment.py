@@ -168,10 +168,11 @@ def test_bench_eval_smoke():
     from scripts.bench_eval import Args, main
 
     out = main(Args(n_obs=4, ppo_updates=1, episodes=2, num_envs=1, metaworld=False, repeats=1,
-                    tp_task="toy/reach-side", tp_image_size=32, tp_envs=2, tp_episodes=3, tp_steps=4))
+                    tp_task="toy/reach-side", tp_image_size=32, tp_envs=2, tp_episodes=3, tp_steps=4,
+                    startup_tasks=("toy/reach-side", "toy/color-side")))
     assert out["kl_measure_s"] > 0 and out["ppo_update_s"] > 0 and out["suite_toy/reach-side_episodes_per_s"] > 0
     assert out["a_ceiling_steps_per_s"] > 0 and out["b_suite_over_a"] > 0 and out["b_suite_overlap_over_a"] > 0
-    assert out["c_collect_over_a"] > 0
+    assert out["c_collect_over_a"] > 0 and out["startup_fresh_s"] > 0 and out["startup_switched_s"] > 0
 
 
 def test_adapter_that_does_not_fit_the_base_is_a_clear_error(tmp_path):
