@@ -21,8 +21,8 @@ reset(seed=seeds[k]) and its result is recorded as episode k, whichever env runs
 are kept busy: an env whose episode ended is reset with the next episode's seed at once, envs with nothing left to
 run are not stepped, and (overlap=True) one half of the envs steps while the actor computes the other half's
 actions; the tasks of a suite run one after the other on the same worker processes (`switch_task`: no new processes,
-imports or GL contexts per task). A native vector env, which steps all its envs together, runs waves of `num_envs` episodes instead
-(episodes that end early are masked until the wave ends). An episode succeeds if
+imports or GL contexts per task). A native vector env, which steps all its envs together, runs waves of
+`num_envs` episodes instead (episodes that end early are masked until the wave ends). An episode succeeds if
 `info["success"]` was true at any step (success_once). Videos of the first `videos_per_task` episodes of each task
 are written when `video_dir` is given.
 
