@@ -35,7 +35,8 @@ as above: a step reports its episode truncated (obs = the last one seen), a rese
 Another task on the same workers: `switch_task(task_id, **options)` closes every env and builds one of the new task
 in the same worker processes (ProcessVectorEnv only), which saves each worker's start-up (a process, the Python and
 simulator imports, a GL context: ~1.5 s of a Meta-World worker's ~2 s) when a caller runs several tasks in turn, as
-eval/suite.py's evaluate does. Seeds start over as for a new vector env.
+eval/suite.py's evaluate does. Seeds start over as for a new vector env. If the new task's env cannot be built the
+vector env is closed.
 
 Native vectorization: a backend may give its TaskSpec a `vec_factory` (e.g. ManiSkill3's GPU-batched envs). With
 native=None (default) make_vec uses it when it returns an env for these arguments, native=True requires it,
@@ -145,7 +146,8 @@ class _LocalWorker:
 
     def switch_task(self, task_id: str, options: dict[str, Any]) -> None:
         self.env.close()
-        self.__init__(task_id, options)
+        self.env = make(task_id, **options)
+        self.spaces = (self.env.observation_space, self.env.action_space)
 
     @property
     def pid(self) -> int:
@@ -275,17 +277,30 @@ class ProcessVectorEnv(gym.vector.VectorEnv):
         self.spec = None
 
     def switch_task(self, task_id: str, **options: Any) -> None:
-        """Make every env one of `task_id` (with `options`) in the same workers; see the module docstring."""
+        """Make every env one of `task_id` (with `options`) in the same workers; see the module docstring. An unknown
+        task id raises before anything changes; an env that cannot be built raises after every worker answered, and
+        the vector env is then closed (its envs are gone)."""
+        get_spec(task_id)
         if any(pending is not None for pending in self._pending):
             raise RuntimeError("switch_task with commands in flight: recv their answers first")
+        first_error = None
         for worker in self.workers:
             if isinstance(worker, _LocalWorker):
-                worker.switch_task(task_id, options)
+                try:
+                    worker.switch_task(task_id, options)
+                except Exception as error:
+                    first_error = first_error or error
             else:
                 worker.send_switch(task_id, options)
         for worker in self.workers:
             if not isinstance(worker, _LocalWorker):
-                worker.finish_switch()
+                try:
+                    worker.finish_switch()
+                except Exception as error:  # every worker's answer is read, to keep the pipes in step
+                    first_error = first_error or error
+        if first_error is not None:
+            self.close()
+            raise first_error
         self.task_id, self.options = task_id, options
         self._started, self._restarts = False, [0] * self.num_envs
         self._last_obs = [None] * self.num_envs

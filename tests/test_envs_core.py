@@ -180,8 +180,13 @@ def test_vector_env_switch_task_keeps_the_workers_and_acts_as_a_new_env(vec):
     os.kill(pids[2], signal.SIGKILL)  # a worker that dies afterwards is restarted on the new task
     obs, *_ = vec.step(np.zeros((3, ACTION_DIM), np.float32))
     assert vec.worker_pids[2] != pids[2] and obs["image"].shape == (3, 16, 16, 3)
-    with pytest.raises(KeyError, match="no-such"):
+    with pytest.raises(KeyError, match="no-such"):  # checked here, before any worker changes
         vec.switch_task("toy/no-such-task")
+    assert vec.step(np.zeros((3, ACTION_DIM), np.float32))[0]["image"].shape == (3, 16, 16, 3)
+    workers = vec.worker_pids
+    with pytest.raises(ValueError, match="image"):  # raised in the workers: the vector env is closed, none left
+        vec.switch_task("toy/reach-side", image_size=4)
+    assert vec.closed and not any(os.path.exists(f"/proc/{pid}") for pid in workers)  # joined: not even zombies
 
 
 def test_vector_env_single_env_runs_in_process():
