@@ -138,30 +138,36 @@ def visited_observations(policy, task_id: str, n_obs: int, seed: int = 300_000, 
                          env_options: dict | None = None, unnorm_key: str | None = None
                          ) -> tuple[np.ndarray, list[str]]:
     """Observations of the states `policy` visits on `task_id`: `episodes` sampled episodes (reset seeds seed,
-    seed + 1, ...; sampling seeded too), all their observations pooled, `n_obs` of them taken evenly spaced."""
+    seed + 1, ...; sampling seeded too), run side by side with one batched policy call per step; their
+    observations pooled in episode order and `n_obs` of them taken evenly spaced."""
     import envs
 
-    env = envs.make(task_id, **(env_options or {}))
+    n_episodes = max(1, min(episodes, n_obs))
+    episode_envs = [envs.make(task_id, **(env_options or {})) for _ in range(n_episodes)]
     generator = torch.Generator(policy.device).manual_seed(seed)
-    images, instructions = [], []
+    seen: list[list[tuple[np.ndarray, str]]] = [[] for _ in episode_envs]
     try:
+        obs = [env.reset(seed=seed + k)[0] for k, env in enumerate(episode_envs)]
+        running = list(range(n_episodes))
         with _inference(policy):
-            for k in range(max(1, min(episodes, n_obs))):
-                obs, _ = env.reset(seed=seed + k)
-                done = False
-                while not done:
-                    images.append(obs["image"])
-                    instructions.append(obs["instruction"])
-                    out = policy.generate(policy.preprocess(obs["image"][None], [obs["instruction"]]),
-                                          do_sample=True, unnorm_key=unnorm_key, generator=generator)
-                    obs, _, terminated, truncated, _ = env.step(out.actions[0])
-                    done = terminated or truncated
+            while running:
+                for k in running:
+                    seen[k].append((obs[k]["image"], obs[k]["instruction"]))
+                batch = policy.preprocess(np.stack([obs[k]["image"] for k in running]),
+                                          [obs[k]["instruction"] for k in running])
+                actions = policy.generate(batch, do_sample=True, unnorm_key=unnorm_key, generator=generator).actions
+                for k, action in zip(list(running), actions):
+                    obs[k], _, terminated, truncated, _ = episode_envs[k].step(action)
+                    if terminated or truncated:
+                        running.remove(k)
     finally:
-        env.close()
-    pick = np.unique(np.linspace(0, len(images) - 1, n_obs).round().astype(int))
+        for env in episode_envs:
+            env.close()
+    pooled = [step for episode in seen for step in episode]
+    pick = np.unique(np.linspace(0, len(pooled) - 1, n_obs).round().astype(int))
     if len(pick) < n_obs:  # fewer visited states than asked for: more episodes
         return visited_observations(policy, task_id, n_obs, seed, episodes * 2, env_options, unnorm_key)
-    return np.stack([images[i] for i in pick]), [instructions[i] for i in pick]
+    return np.stack([pooled[i][0] for i in pick]), [pooled[i][1] for i in pick]
 
 
 # ---------------------------------------------------------------------------------------------- all of them

@@ -52,6 +52,7 @@ def test_mini_experiment_produces_every_artifact_and_resumes(tmp_path):
     for m in methods:
         trained = json.loads((run / "stages" / f"train_{m}_lr0.0003.json").read_text())["result"]["config"]
         assert trained["gradient_checkpointing"] and trained["grad_accum_steps"] == 2
+        assert not trained["log_kl"]  # no base-model forward per training step: the KL monitor measures the KL
 
     # rerun: every stage but the report is skipped
     logs.clear()
