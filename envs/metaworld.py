@@ -37,7 +37,8 @@ horizon); their images are rotated by 180 degrees, which gives the upright, unmi
 State: float32 [4] = hand position (x, y, z in metres) and the fingers' opening in [0, 1] (1 = open).
 
 Rendering uses MuJoCo's off-screen GL: MUJOCO_GL defaults to "egl" (set below, before mujoco is imported);
-"osmesa" also works where EGL is unavailable.
+"osmesa" also works where EGL is unavailable. On CPU (Mesa llvmpipe) LP_NUM_THREADS defaults to 0: each process
+rasterizes its own frames without helper threads (identical images, faster; see below).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ from envs.registry import GRIPPER, TaskSpec, action_space, check_action, image_h
 
 # MuJoCo picks its GL backend when first imported; off-screen EGL needs no display. Respect a user's choice.
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Mesa's llvmpipe (the CPU renderer behind EGL) splits each frame over a pool of rasterizer threads, one per core; a
+# policy image is too small to pay for that, least of all with several env workers per core: without helper threads
+# the same pixels come faster (scripts/bench_envs --compare-llvmpipe-threads). GPU drivers ignore it. Read when the
+# first GL context starts; a user's own setting is kept.
+os.environ.setdefault("LP_NUM_THREADS", "0")
 
 SUITE = "metaworld"
 RENDER_VERSION = 2

@@ -857,7 +857,8 @@ PRESETS: dict[str, ExperimentConfig] = {
     # the new task, button-press (pi0 solved it 10/16 with one demo and 16/16 with four, leaving REINFORCE nothing to
     # learn). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates (1e-3: 0.19, new-task success 0.625 ->
     # 0.75 only at the last checkpoint), so its sweep is 1e-3 and 3e-3, set before the run the README reports.
-    # 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Measured wall time on the 2-core machine: see the README.
+    # 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Two stages at a time (x1.16 over one at a time on 2 cores, the
+    # first version's settings). Measured wall time on the 2-core machine: see the README.
     "cpu": ExperimentConfig(
         preset="cpu", run_dir="runs/razor-cpu", model="tiny", image_size=64,
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
@@ -867,7 +868,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150,
         ppo_minibatches=4, ppo_epochs=2, ppo_reward="dense", sft_updates=360, sft_checkpoint_every=60, sft_demos=30,
         sft_batch_sizes=(32,), rft_episodes=32, eval_episodes=16, eval_num_envs=10, videos_per_task=2, kl_obs=32,
-        kl_samples_per_obs=2),
+        kl_samples_per_obs=2, workers=2),
     # the powered study on CPU (hours on 2 cores): every method, lr x batch-size sweeps, and enough episodes that a
     # checkpoint's forgetting has standard error <= 0.03 even in the worst case (eval/study.py's episodes_for_se:
     # 3 prior tasks, paired-difference variance <= 0.5 per task -> 186 episodes; 192 = a whole number of waves)

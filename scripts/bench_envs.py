@@ -16,13 +16,24 @@ frame plus ~0.1 ms of physics) of the env as it rendered before (render version 
 off-screen buffer, reflections on), with a buffer of the image's size, and as it renders by default now (also no
 reflections); and the share of pixels that differ from the "before" images over the same seeded random-action steps
 (0 means the same observations).
+
+--compare-llvmpipe-threads 2 0 instead runs the vector-env scaling once per LP_NUM_THREADS value (Mesa llvmpipe's
+rasterizer threads per process; read when a process starts GL, so each value runs in a fresh process) and prints
+steps/s and the ratio to the first value; `--check-images` there also compares the images they render.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -50,6 +61,14 @@ class BenchConfig:
     """Reset seed and action seed."""
     frame: bool = False
     """Compare render settings (ms per frame, pixels changed) instead of measuring throughput; MuJoCo tasks only."""
+    compare_llvmpipe_threads: tuple[str, ...] = ()
+    """LP_NUM_THREADS values to compare (see the module docstring); empty: the other modes."""
+    llvmpipe_threads: str | None = None
+    """LP_NUM_THREADS for this process and its env workers (set before any GL context starts)."""
+    json_out: str | None = None
+    """Also write the results as JSON to this file."""
+    check_images: bool = False
+    """With --compare-llvmpipe-threads: also compare the images each value renders (a digest of cfg.steps steps)."""
 
     def __post_init__(self):
         if self.steps < 1 or self.repeats < 1 or self.image_size < 8 or min(self.workers, default=1) < 1:
@@ -269,10 +288,77 @@ def _print_row(task_id: str, row: dict[str, float], cfg: BenchConfig) -> None:
         print(f"  make_vec({num_envs}) {rate:10.1f} wall steps/s (all envs){speedup}")
 
 
+def image_digest(task_id: str, cfg: BenchConfig) -> str:
+    """SHA-1 of the images of cfg.steps seeded random-action steps in one env (this process's render settings)."""
+    env = envs.make(task_id, image_size=cfg.image_size)
+    rng = np.random.default_rng(cfg.seed)
+    digest = hashlib.sha1()
+    try:
+        env.reset(seed=cfg.seed)
+        for _ in range(cfg.steps):
+            obs, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, 7).astype(np.float32))
+            digest.update(obs["image"].tobytes())
+            if terminated or truncated:
+                env.reset(seed=cfg.seed)
+    finally:
+        env.close()
+    return digest.hexdigest()
+
+
+def compare_llvmpipe_threads(cfg: BenchConfig, argv: list[str]) -> dict[str, dict]:
+    """Per LP_NUM_THREADS value, this benchmark's vector-env scaling in a fresh process (with `argv`, less the
+    comparison flag); prints steps/s per value and the ratio to the first value's."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for value in cfg.compare_llvmpipe_threads:
+            out = Path(tmp) / f"lp{value}.json"
+            subprocess.run([sys.executable, "-m", "scripts.bench_envs", *argv, "--llvmpipe-threads", value,
+                            "--json-out", str(out)], check=True, stdout=subprocess.DEVNULL)
+            results[value] = json.loads(out.read_text())
+    first = cfg.compare_llvmpipe_threads[0]
+    for task_id in cfg.tasks:
+        print(f"{task_id}: {cfg.image_size} px, wall steps/s (all envs), medians of {cfg.repeats}; "
+              f"ratio to LP_NUM_THREADS={first}")
+        for value, res in results.items():
+            row = res[task_id]
+            cells = "  ".join(f"{n} envs {row[f'vec{n}']:7.1f} (x{row[f'vec{n}'] / results[first][task_id][f'vec{n}']:.2f})"
+                              for n in cfg.workers)
+            same = "" if "images" not in row else (
+                "  images: same" if row["images"] == results[first][task_id]["images"] else "  images: DIFFER")
+            print(f"  LP_NUM_THREADS={value:<3} {cells}{same}")
+    return results
+
+
+def _without_comparison_flag(argv: list[str]) -> list[str]:
+    out, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--compare-llvmpipe-threads") or arg.startswith("--compare_llvmpipe_threads"):
+            skipping = "=" not in arg
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        out.append(arg)
+    return out
+
+
 @entry_point
 def main() -> None:
     cfg = tyro.cli(BenchConfig)
-    bench_frames(cfg) if cfg.frame else bench(cfg)
+    if cfg.compare_llvmpipe_threads:
+        compare_llvmpipe_threads(cfg, _without_comparison_flag(sys.argv[1:]))
+        return
+    if cfg.llvmpipe_threads is not None:  # before any GL context of this process or its workers starts
+        os.environ["LP_NUM_THREADS"] = cfg.llvmpipe_threads
+    if cfg.frame:
+        results = bench_frames(cfg)
+    else:
+        results = bench(cfg)
+        if cfg.check_images:
+            for task_id in cfg.tasks:
+                results[task_id]["images"] = image_digest(task_id, cfg)
+    if cfg.json_out:
+        Path(cfg.json_out).write_text(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -197,3 +197,27 @@ def test_render_settings_same_pixels_where_declared():
     assert rows["image-size buffer"]["pixels_changed"] == 0.0
     assert 0.0 < rows["default: no reflections"]["pixels_changed"] < 0.005
     assert all(row["cpu_ms"] > 0 for row in rows.values())
+
+
+def test_llvmpipe_without_helper_threads_renders_the_same_images(capsys):
+    """envs sets LP_NUM_THREADS=0 (no llvmpipe rasterizer threads) by default: the images must be those of
+    llvmpipe's thread pool. Each value runs in a fresh process, since Mesa reads it when GL starts."""
+    import os
+    import subprocess
+    import sys
+
+    from scripts.bench_envs import BenchConfig, compare_llvmpipe_threads
+
+    read = "import os, envs.metaworld; print(os.environ['LP_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "LP_NUM_THREADS"}
+    assert subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True).stdout.strip() == "0"
+    assert subprocess.run([sys.executable, "-c", read], env={**env, "LP_NUM_THREADS": "3"}, capture_output=True,
+                          text=True).stdout.strip() == "3"  # a user's own value is kept
+    argv = ["--tasks", "metaworld/drawer-close", "--image-size", "32", "--workers", "1", "--steps", "12",
+            "--repeats", "1", "--check-images"]
+    cfg = BenchConfig(tasks=("metaworld/drawer-close",), image_size=32, workers=(1,), steps=12, repeats=1,
+                      compare_llvmpipe_threads=("2", "0"), check_images=True)
+    results = compare_llvmpipe_threads(cfg, argv)
+    rows = {v: r["metaworld/drawer-close"] for v, r in results.items()}
+    assert rows["2"]["images"] == rows["0"]["images"] and rows["0"]["vec1"] > 0
+    assert "images: same" in capsys.readouterr().out
