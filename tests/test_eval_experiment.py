@@ -240,3 +240,19 @@ def test_pi0_keeps_the_action_statistics_it_was_trained_with(tmp_path):
     stats = VLAPolicy.from_pretrained(tmp_path / "pi0").action_stats("demo")
     np.testing.assert_allclose(stats.q99, np.quantile(data["actions"], 0.99, axis=0), atol=1e-6)
     assert np.abs(stats.normalize(data["actions"])[:, :6]).max() <= 1.0 and not stats.mask[6]
+
+
+def test_pi0_pretrains_on_pi0_threads_and_gives_the_others_back(tmp_path, monkeypatch):
+    # pi0 runs alone (every later stage waits for it), so it may use every core; the stages after it keep theirs
+    import torch
+
+    import eval.pretrain
+
+    seen = []
+    real = eval.pretrain.pretrain
+    monkeypatch.setattr(eval.pretrain, "pretrain", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                           pi0_threads=3, **MINI)
+    assert torch.get_num_threads() == 1  # the suite's per-test setting (conftest)
+    Experiment(cfg, log=lambda s: None).pi0()
+    assert seen == [3] and torch.get_num_threads() == 1
