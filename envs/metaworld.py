@@ -37,8 +37,8 @@ horizon); their images are rotated by 180 degrees, which gives the upright, unmi
 State: float32 [4] = hand position (x, y, z in metres) and the fingers' opening in [0, 1] (1 = open).
 
 Rendering uses MuJoCo's off-screen GL: MUJOCO_GL defaults to "egl" (set below, before mujoco is imported);
-"osmesa" also works where EGL is unavailable. On CPU (Mesa llvmpipe) LP_NUM_THREADS defaults to 0: each process
-rasterizes its own frames without helper threads (identical images, faster; see below).
+"osmesa" also works where EGL is unavailable. On CPU (Mesa llvmpipe) LP_NUM_THREADS defaults to 0 once a Meta-World
+env is built: each process rasterizes its own frames without helper threads (identical images; see MetaWorldEnv).
 """
 
 from __future__ import annotations
@@ -55,11 +55,6 @@ from envs.registry import GRIPPER, TaskSpec, action_space, check_action, image_h
 
 # MuJoCo picks its GL backend when first imported; off-screen EGL needs no display. Respect a user's choice.
 os.environ.setdefault("MUJOCO_GL", "egl")
-# Mesa's llvmpipe (the CPU renderer behind EGL) splits each frame over a pool of rasterizer threads, one per core; a
-# policy image is too small to pay for that, least of all with several env workers per core: without helper threads
-# the same pixels come faster (scripts/bench_envs --compare-llvmpipe-threads). GPU drivers ignore it. Read when the
-# first GL context starts; a user's own setting is kept.
-os.environ.setdefault("LP_NUM_THREADS", "0")
 
 SUITE = "metaworld"
 RENDER_VERSION = 2
@@ -163,6 +158,13 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"reward must be 'dense' or 'sparse', got {reward!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        # Mesa's llvmpipe (the CPU renderer behind EGL) splits each frame over a pool of rasterizer threads, one per
+        # core; a policy image is too small to pay for that, least of all with several env workers per core: without
+        # helper threads the same pixels come as fast or faster (scripts/bench_envs --compare-llvmpipe-threads). Read
+        # when the process's first GL context starts, so set here, where MuJoCo is about to render, not at import:
+        # a process that only runs SAPIEN (lavapipe reads it too; not measured there) keeps Mesa's default. GPU
+        # drivers ignore it; a user's own setting is kept.
+        os.environ.setdefault("LP_NUM_THREADS", "0")
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         self.task = task

@@ -51,8 +51,8 @@ from eval.stages import EXPERIMENT_FILE, ProcessLauncher, RayLauncher, Stage, St
 from rollouts.config import ConfigError
 from rollouts.tracking import WandbMode
 
-RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "pi0_threads", "workers", "ray", "stage_gpus", "wandb",
-             "wandb_project", "wandb_entity", "wandb_mode")
+RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "pi0_threads", "workers", "ray", "stage_gpus",
+             "wandb", "wandb_project", "wandb_entity", "wandb_mode")
 
 METHODS = {
     "reinforce": "REINFORCE + LoRA (rollouts/reinforce.py) as RL's Razor runs it on robots: binary success reward, "
@@ -265,6 +265,9 @@ class ExperimentConfig:
             raise ConfigError("warm-up needs warmup_steps, warmup_batch_size and warmup_demos_per_task >= 1")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.num_threads < 0 or self.pi0_threads < 0:
+            raise ConfigError(f"num_threads and pi0_threads must be >= 0 (0: automatic), got {self.num_threads} and "
+                              f"{self.pi0_threads}")
         if (self.ppo_num_envs * self.ppo_num_steps) % self.ppo_minibatches:
             raise ConfigError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
         if min(self.rl_grad_accum_steps, self.sft_grad_accum_steps) < 1:

@@ -305,48 +305,38 @@ def image_digest(task_id: str, cfg: BenchConfig) -> str:
     return digest.hexdigest()
 
 
-def compare_llvmpipe_threads(cfg: BenchConfig, argv: list[str]) -> dict[str, dict]:
-    """Per LP_NUM_THREADS value, this benchmark's vector-env scaling in a fresh process (with `argv`, less the
-    comparison flag); prints steps/s per value and the ratio to the first value's."""
+def compare_llvmpipe_threads(cfg: BenchConfig) -> dict[str, dict]:
+    """Per LP_NUM_THREADS value, this benchmark's vector-env scaling with `cfg`'s settings in a fresh process;
+    prints steps/s per value and the ratio to the first value's."""
+    args = ["--tasks", *cfg.tasks, "--image-size", str(cfg.image_size), "--steps", str(cfg.steps), "--repeats",
+            str(cfg.repeats), "--workers", *map(str, cfg.workers), "--seed", str(cfg.seed)]
+    args += ["--check-images"] if cfg.check_images else []
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for value in cfg.compare_llvmpipe_threads:
             out = Path(tmp) / f"lp{value}.json"
-            subprocess.run([sys.executable, "-m", "scripts.bench_envs", *argv, "--llvmpipe-threads", value,
+            subprocess.run([sys.executable, "-m", "scripts.bench_envs", *args, "--llvmpipe-threads", value,
                             "--json-out", str(out)], check=True, stdout=subprocess.DEVNULL)
             results[value] = json.loads(out.read_text())
-    first = cfg.compare_llvmpipe_threads[0]
+    first = results[cfg.compare_llvmpipe_threads[0]]
     for task_id in cfg.tasks:
         print(f"{task_id}: {cfg.image_size} px, wall steps/s (all envs), medians of {cfg.repeats}; "
-              f"ratio to LP_NUM_THREADS={first}")
+              f"ratio to LP_NUM_THREADS={cfg.compare_llvmpipe_threads[0]}")
         for value, res in results.items():
             row = res[task_id]
-            cells = "  ".join(f"{n} envs {row[f'vec{n}']:7.1f} (x{row[f'vec{n}'] / results[first][task_id][f'vec{n}']:.2f})"
+            cells = "  ".join(f"{n} envs {row[f'vec{n}']:7.1f} (x{row[f'vec{n}'] / first[task_id][f'vec{n}']:.2f})"
                               for n in cfg.workers)
             same = "" if "images" not in row else (
-                "  images: same" if row["images"] == results[first][task_id]["images"] else "  images: DIFFER")
+                "  images: same" if row["images"] == first[task_id]["images"] else "  images: DIFFER")
             print(f"  LP_NUM_THREADS={value:<3} {cells}{same}")
     return results
-
-
-def _without_comparison_flag(argv: list[str]) -> list[str]:
-    out, skipping = [], False
-    for arg in argv:
-        if arg.startswith("--compare-llvmpipe-threads") or arg.startswith("--compare_llvmpipe_threads"):
-            skipping = "=" not in arg
-            continue
-        if skipping and not arg.startswith("--"):
-            continue
-        skipping = False
-        out.append(arg)
-    return out
 
 
 @entry_point
 def main() -> None:
     cfg = tyro.cli(BenchConfig)
     if cfg.compare_llvmpipe_threads:
-        compare_llvmpipe_threads(cfg, _without_comparison_flag(sys.argv[1:]))
+        compare_llvmpipe_threads(cfg)
         return
     if cfg.llvmpipe_threads is not None:  # before any GL context of this process or its workers starts
         os.environ["LP_NUM_THREADS"] = cfg.llvmpipe_threads

@@ -208,16 +208,17 @@ def test_llvmpipe_without_helper_threads_renders_the_same_images(capsys):
 
     from scripts.bench_envs import BenchConfig, compare_llvmpipe_threads
 
-    read = "import os, envs.metaworld; print(os.environ['LP_NUM_THREADS'])"
+    read = ("import os, envs; envs.get_spec('metaworld/reach'); before = os.environ.get('LP_NUM_THREADS'); "
+            "envs.make('metaworld/reach', image_size=8).close(); print(before, os.environ['LP_NUM_THREADS'])")
     env = {k: v for k, v in os.environ.items() if k != "LP_NUM_THREADS"}
-    assert subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True).stdout.strip() == "0"
+    # set when a Meta-World env is built (not when envs merely registers it: SAPIEN-only processes keep Mesa's default)
+    assert subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True).stdout.split() == [
+        "None", "0"]
     assert subprocess.run([sys.executable, "-c", read], env={**env, "LP_NUM_THREADS": "3"}, capture_output=True,
-                          text=True).stdout.strip() == "3"  # a user's own value is kept
-    argv = ["--tasks", "metaworld/drawer-close", "--image-size", "32", "--workers", "1", "--steps", "12",
-            "--repeats", "1", "--check-images"]
+                          text=True).stdout.split() == ["3", "3"]  # a user's own value is kept
     cfg = BenchConfig(tasks=("metaworld/drawer-close",), image_size=32, workers=(1,), steps=12, repeats=1,
                       compare_llvmpipe_threads=("2", "0"), check_images=True)
-    results = compare_llvmpipe_threads(cfg, argv)
+    results = compare_llvmpipe_threads(cfg)
     rows = {v: r["metaworld/drawer-close"] for v, r in results.items()}
     assert rows["2"]["images"] == rows["0"]["images"] and rows["0"]["vec1"] > 0
     assert "images: same" in capsys.readouterr().out

@@ -73,6 +73,8 @@ def test_bad_experiment_configs(tmp_path):
         ExperimentConfig(methods=("dpo",))
     with pytest.raises(ValueError, match="multiple of rl_trajectories_per_state"):
         ExperimentConfig(rl_batch_sizes=(6,), rl_trajectories_per_state=4)
+    with pytest.raises(ValueError, match="pi0_threads must be >= 0"):
+        ExperimentConfig(pi0_threads=-1)
     with pytest.raises(ValueError, match="sft_grad_accum_steps=3 must divide"):
         ExperimentConfig(sft_batch_sizes=(16, 32), sft_grad_accum_steps=3)
     with pytest.raises(KeyError, match="toy/reach-side"):
@@ -250,7 +252,11 @@ def test_pi0_pretrains_on_pi0_threads_and_gives_the_others_back(tmp_path, monkey
 
     seen = []
     real = eval.pretrain.pretrain
-    monkeypatch.setattr(eval.pretrain, "pretrain", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eval.pretrain, "pretrain", recording)
     cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                            pi0_threads=3, **MINI)
     assert torch.get_num_threads() == 1  # the suite's per-test setting (conftest)
