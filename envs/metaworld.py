@@ -24,12 +24,16 @@ Meta-World [dx, dy, dz, grab_effort].
   `from_metaworld_action` is the inverse, used to record Meta-World's experts in the contract's convention.
 
 Images (`MetaWorldEnv._render`): the `camera` (default "corner") rendered at `image_size` with MSAA, shadows and
-reflections off, into an off-screen buffer of the image's size. MSAA and shadows off: about 2x faster (facts in
+reflections off and simplified meshes, into an off-screen buffer of the image's size. MSAA and shadows off: about 2x faster (facts in
 shared/notes). Without reflections (reflections=False, the default since RENDER_VERSION 2) MuJoCo skips the floor's
 mirror pass, a second pass over the scene: ~35% less CPU per frame at 64 px, and a few pixels of the floor change
 (0.15% of a 64 px corner image); reflections=True gives the images of RENDER_VERSION 1. A buffer of the image's size
 instead of MuJoCo's default 640x480 gives the same pixels for ~4% less CPU. Measured by
-`python -m scripts.bench_envs --frame`. RENDER_VERSION (every task's TaskSpec.render_version) is bumped whenever a
+`python -m scripts.bench_envs --frame`. What remains is bound by triangles: the Sawyer's meshes alone are 68k, most
+far below a pixel at policy resolution. Each mesh of >= 1000 triangles is drawn with `mesh_detail` (default 0.3) of
+them (`simplify_meshes`; the default since RENDER_VERSION 3): ~2x fewer CPU ms per frame at 64 px, the same physics
+step for step, and images that differ at the robot's edges (mean absolute difference ~2 of 255); mesh_detail=1.0
+gives the images of RENDER_VERSION 2. RENDER_VERSION (every task's TaskSpec.render_version) is bumped whenever a
 default changes the images: it is part of the demo cache key, so a pi0 is never trained on other images than the
 ones it is evaluated on. Meta-World's corner cameras are mounted upside down (their image-up axis points below the
 horizon); their images are rotated by 180 degrees, which gives the upright, unmirrored view.
@@ -57,8 +61,12 @@ from envs.registry import GRIPPER, TaskSpec, action_space, check_action, image_h
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 SUITE = "metaworld"
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 """Version of the default images (see the module docstring); part of the demo cache key (eval/experiment.py)."""
+MESH_DETAIL = 0.3
+"""Share of its triangles each large mesh keeps in the images (`simplify_meshes`; 1.0: Meta-World's meshes)."""
+SIMPLIFY_MIN_FACES = 1000
+"""Meshes with fewer triangles are drawn as they are."""
 META_WORLD_ACTION_SCALE = 0.01
 """Metres the hand target moves per step for an xyz action of 1.0 (Meta-World's `action_scale`)."""
 
@@ -151,6 +159,7 @@ class MetaWorldEnv(gym.Env):
         max_episode_steps: int | None = None,
         render_mode: str | None = "rgb_array",
         reflections: bool = False,
+        mesh_detail: float = MESH_DETAIL,
     ):
         if task not in TASKS:
             raise ValueError(f"unknown Meta-World task {task!r}; known: {', '.join(TASKS)}")
@@ -158,6 +167,8 @@ class MetaWorldEnv(gym.Env):
             raise ValueError(f"reward must be 'dense' or 'sparse', got {reward!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if not 0.0 < mesh_detail <= 1.0:
+            raise ValueError(f"mesh_detail must be in (0, 1] (1.0: Meta-World's full meshes), got {mesh_detail}")
         # Mesa's llvmpipe (the CPU renderer behind EGL) splits each frame over a pool of rasterizer threads, one per
         # core; a policy image is too small to pay for that, least of all with several env workers per core: without
         # helper threads the same pixels come as fast or faster (scripts/bench_envs --compare-llvmpipe-threads). Read
@@ -191,6 +202,8 @@ class MetaWorldEnv(gym.Env):
         sim.model.vis.global_.offwidth, sim.model.vis.global_.offheight = width, height
         if not reflections:
             sim.model.mat_reflectance[:] = 0
+        if mesh_detail < 1.0:
+            simplify_meshes(sim.model, mesh_detail)
         self.sim = sim
         self._rotate_180 = self._camera_is_upside_down(camera)
 
@@ -206,6 +219,7 @@ class MetaWorldEnv(gym.Env):
             kwargs=dict(
                 image_size=image_size, camera=camera, reward=reward, terminate_on_success=terminate_on_success,
                 max_episode_steps=max_episode_steps, render_mode=render_mode, reflections=reflections,
+                mesh_detail=mesh_detail,
             ),
         )  # fmt: skip
         self.sim_obs: np.ndarray | None = None
@@ -222,6 +236,11 @@ class MetaWorldEnv(gym.Env):
         return bool(image_up[2] < 0)
 
     def _render(self) -> np.ndarray:
+        # gymnasium makes a renderer's GL context current only when the renderer is created, so with several envs
+        # in one process the last-made context stays current and the others would draw with its meshes and
+        # textures (another task's scene, or nothing). Make ours current first (a no-op for a lone env).
+        if self.sim.mujoco_renderer.viewer is not None:
+            self.sim.mujoco_renderer.viewer.make_context_current()
         image = self.sim.render()
         return np.ascontiguousarray(image[::-1, ::-1]) if self._rotate_180 else image
 
@@ -257,7 +276,54 @@ class MetaWorldEnv(gym.Env):
         return None if self.render_mode is None else self._image
 
     def close(self) -> None:
+        viewer = self.sim.mujoco_renderer.viewer
+        if viewer is not None:
+            # Free the renderer's GL objects in our own context: MjrContext's destructor frees them in whichever
+            # context is current when it is collected, which can be another env's (its frames then come out black).
+            viewer.make_context_current()
+            viewer.con.free()
         self.sim.close()
+
+
+def simplify_meshes(model, keep: float, min_faces: int = SIMPLIFY_MIN_FACES) -> None:
+    """Draw each mesh of >= min_faces triangles with about `keep` of them, changing nothing physics reads.
+
+    Rendering these scenes on a CPU is bound by triangles (the Sawyer's meshes alone are 68k, most far below one
+    pixel at policy resolution). The triangles to drop come from a quadric-error simplification (fast-simplification),
+    replayed as half-edge collapses onto the mesh's own vertices: each removed vertex merges into a kept one, whose
+    position and normal stay as they were. So mesh_vert (what collisions read, through the convex hulls built from
+    these vertices) is untouched, and only the rendered triangle list (mesh_face, and its normal/texture-coordinate
+    indices) shrinks, in place, before the renderer uploads the meshes at the first frame. mj_ray against a
+    simplified mesh would see the new triangles through the old bounding-volume tree; Meta-World casts no rays.
+    """
+    import fast_simplification
+
+    for mesh in range(model.nmesh):
+        n_faces, n_verts = int(model.mesh_facenum[mesh]), int(model.mesh_vertnum[mesh])
+        if n_faces < min_faces:
+            continue
+        first_face, first_vert = model.mesh_faceadr[mesh], model.mesh_vertadr[mesh]
+        faces = model.mesh_face[first_face : first_face + n_faces].astype(np.int64)
+        verts = model.mesh_vert[first_vert : first_vert + n_verts].astype(np.float64)
+        _, _, collapses = fast_simplification.simplify(verts, faces, target_count=int(keep * n_faces),
+                                                       return_collapses=True)
+        # collapse [a, b]: vertex b merged into vertex a; follow the chains to the vertex each one ends in
+        survivor = np.arange(n_verts)
+        survivor[collapses[:, 1]] = collapses[:, 0]
+        while not np.array_equal(survivor[survivor], survivor):
+            survivor = survivor[survivor]
+        kept = survivor[faces]
+        kept = kept[(kept[:, 0] != kept[:, 1]) & (kept[:, 1] != kept[:, 2]) & (kept[:, 0] != kept[:, 2])]
+        # each corner keeps the normal (texture coordinate) index that its vertex had in the original triangles
+        per_vertex = {"mesh_facenormal": np.zeros(n_verts, np.int64), "mesh_facetexcoord": np.zeros(n_verts, np.int64)}
+        for field, index in per_vertex.items():
+            if field == "mesh_facetexcoord" and model.mesh_texcoordadr[mesh] < 0:
+                continue
+            table = getattr(model, field)
+            index[faces.ravel()] = table[first_face : first_face + n_faces].ravel()
+            table[first_face : first_face + len(kept)] = index[kept]
+        model.mesh_face[first_face : first_face + len(kept)] = kept
+        model.mesh_facenum[mesh] = len(kept)
 
 
 class MetaWorldExpert:

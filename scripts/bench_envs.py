@@ -13,9 +13,9 @@ keyed by TaskSpec.backend, returning a Throughput.
 
 --frame (MuJoCo tasks) instead compares render settings in one process: CPU and wall ms per step (a step is one
 frame plus ~0.1 ms of physics) of the env as it rendered before (render version 1: MuJoCo's default 640x480
-off-screen buffer, reflections on), with a buffer of the image's size, and as it renders by default now (also no
-reflections); and the share of pixels that differ from the "before" images over the same seeded random-action steps
-(0 means the same observations).
+off-screen buffer, reflections on), with a buffer of the image's size, without reflections (render version 2), and
+as it renders by default now (also simplified meshes, version 3); and the share of pixels that differ from the
+"before" images over the same seeded random-action steps (0 means the same observations).
 
 --compare-llvmpipe-threads 2 0 instead runs the vector-env scaling once per LP_NUM_THREADS value (Mesa llvmpipe's
 rasterizer threads per process; read when a process starts GL, so each value runs in a fresh process) and prints
@@ -195,9 +195,10 @@ def razor_vector(spec: TaskSpec, cfg: BenchConfig, num_envs: int) -> float:
 
 
 FRAME_SETTINGS: dict[str, tuple[dict, tuple[int, int] | None]] = {
-    "before: 640x480, reflect": ({"reflections": True}, (640, 480)),
-    "image-size buffer": ({"reflections": True}, None),
-    "default: no reflections": ({}, None),
+    "before: 640x480, reflect": ({"reflections": True, "mesh_detail": 1.0}, (640, 480)),
+    "image-size buffer": ({"reflections": True, "mesh_detail": 1.0}, None),
+    "no reflections": ({"mesh_detail": 1.0}, None),
+    "default: simpler meshes": ({}, None),
 }
 """name -> (envs.make options, off-screen buffer size forced before the first frame, or None)."""
 

@@ -121,6 +121,82 @@ def test_matches_raw_metaworld_step_for_step():
     raw.close()
 
 
+def _expert_episode(env, steps: int, seed: int = 5):
+    """Images and Meta-World states of the task's scripted expert for up to `steps` steps."""
+    obs, info = env.reset(seed=seed)
+    expert = envs.get_spec(env.spec.id).expert_factory()
+    expert.reset(env, obs, info)
+    images, states = [obs["image"]], [env.sim_obs.copy()]
+    for _ in range(steps):
+        obs, _, terminated, truncated, _ = env.step(expert.act(obs))
+        images.append(obs["image"])
+        states.append(env.sim_obs.copy())
+        if terminated or truncated:
+            break
+    return np.stack(images), np.stack(states)
+
+
+def test_simplified_meshes_change_only_the_drawn_triangles():
+    """mesh_detail (default MESH_DETAIL) draws fewer triangles and changes nothing physics reads: same vertices,
+    same states step for step; the images stay close to the full meshes' (a few edge pixels)."""
+    from envs.metaworld import MESH_DETAIL, SIMPLIFY_MIN_FACES
+
+    full = envs.make("metaworld/button-press", image_size=SIZE, mesh_detail=1.0)
+    simple = envs.make("metaworld/button-press", image_size=SIZE)
+    again = envs.make("metaworld/button-press", image_size=SIZE)
+    try:
+        full_model, model = full.sim.model, simple.sim.model
+        np.testing.assert_array_equal(model.mesh_vert, full_model.mesh_vert)
+        np.testing.assert_array_equal(model.mesh_face, again.sim.model.mesh_face)  # deterministic
+        large = full_model.mesh_facenum >= SIMPLIFY_MIN_FACES
+        assert large.sum() >= 5
+        np.testing.assert_array_equal(model.mesh_facenum[~large], full_model.mesh_facenum[~large])
+        kept = model.mesh_facenum[large] / full_model.mesh_facenum[large]
+        assert np.all(kept <= MESH_DETAIL + 0.05) and np.all(kept >= MESH_DETAIL / 2)
+        for mesh in np.flatnonzero(large):  # every drawn corner is one of the mesh's own vertices
+            faces = model.mesh_face[model.mesh_faceadr[mesh] : model.mesh_faceadr[mesh] + model.mesh_facenum[mesh]]
+            assert faces.min() >= 0 and faces.max() < model.mesh_vertnum[mesh]
+        full_images, full_states = _expert_episode(full, 40)
+        images, states = _expert_episode(simple, 40)
+        np.testing.assert_array_equal(states, full_states)
+        difference = np.abs(images.astype(int) - full_images.astype(int))
+        assert 0 < difference.mean() < 4 and (difference.max(-1) > 32).mean() < 0.03
+    finally:
+        for env in (full, simple, again):
+            env.close()
+    with pytest.raises(ValueError, match="mesh_detail must be in"):
+        MetaWorldEnv("reach", mesh_detail=0.0)
+
+
+def test_envs_in_one_process_render_their_own_scenes():
+    """Two Meta-World envs alive in one process, rendering in turn, each give the images they give alone; and an
+    env closed and collected after another started rendering leaves the other's frames intact."""
+    import gc
+
+    alone = {}
+    for task in ("button-press", "drawer-open"):
+        env = envs.make(f"metaworld/{task}", image_size=SIZE)
+        alone[task] = _expert_episode(env, 6)[0]
+        env.close()
+    first, second = (envs.make(f"metaworld/{task}", image_size=SIZE) for task in alone)
+    obs, info = first.reset(seed=5)
+    expert = envs.get_spec(first.spec.id).expert_factory()
+    expert.reset(first, obs, info)
+    images = [obs["image"]]
+    second_images = _expert_episode(second, 6)[0]  # second's renderer now exists and its context is current
+    for _ in range(6):
+        obs, *_ = first.step(expert.act(obs))
+        images.append(obs["image"])
+    np.testing.assert_array_equal(np.stack(images), alone["button-press"])
+    np.testing.assert_array_equal(second_images, alone["drawer-open"])
+    first.close()
+    second_before = second.step(np.zeros(7, np.float32))[0]["image"]
+    del first, expert
+    gc.collect()
+    assert second.step(np.zeros(7, np.float32))[0]["image"].mean() > 0.5 * second_before.mean() > 0
+    second.close()
+
+
 def test_reward_options_and_horizon():
     env = envs.make("metaworld/reach", image_size=SIZE, reward="sparse", max_episode_steps=3)
     env.reset(seed=0)
@@ -188,14 +264,16 @@ def test_bench_script_smoke(capsys):
 
 
 def test_render_settings_same_pixels_where_declared():
-    """A buffer of the image's size renders the very pixels of MuJoCo's 640x480 default; dropping reflections (the
-    default since render version 2) changes only a few floor pixels (documented in envs/metaworld.py)."""
+    """A buffer of the image's size renders the very pixels of MuJoCo's 640x480 default; dropping reflections (since
+    render version 2) changes only a few floor pixels, simplified meshes (version 3) edge pixels of the robot
+    (documented in envs/metaworld.py)."""
     from scripts.bench_envs import BenchConfig, bench_frames
 
     rows = bench_frames(BenchConfig(tasks=("metaworld/drawer-close",), image_size=SIZE, steps=4, repeats=1, frame=True))
     rows = rows["metaworld/drawer-close"]
     assert rows["image-size buffer"]["pixels_changed"] == 0.0
-    assert 0.0 < rows["default: no reflections"]["pixels_changed"] < 0.005
+    assert 0.0 < rows["no reflections"]["pixels_changed"] < 0.005
+    assert rows["no reflections"]["pixels_changed"] < rows["default: simpler meshes"]["pixels_changed"] < 0.3
     assert all(row["cpu_ms"] > 0 for row in rows.values())
 
 
