@@ -12,7 +12,8 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
   - ppo update: the mean time/update_s of a short PPO run (tiny preset, toy task) with the same batch size;
   - suite: episodes/s of eval.suite.evaluate with the policy (toy task; Meta-World pick-place if available).
   - throughput (the `cpu` experiment's evaluation settings: tiny VLA with a saved r=16 LoRA adapter loaded as
-    evaluate_checkpoint loads it, metaworld/drawer-close at 64 px, 10 envs), env steps/s of
+    evaluate_checkpoint loads it, merged into the weights for (b) as it does, metaworld/drawer-close at 64 px,
+    10 envs), env steps/s of
       (a) ceiling: the same vector env stepped with random actions and no policy (what the simulator allows with
           that many workers; the mean of one measurement before (b) and one after (c)),
       (b) suite: eval.suite.evaluate (with and without `overlap`), useful steps (the sum of episode lengths) per
@@ -224,13 +225,16 @@ def throughput_section(args: Args) -> dict[str, float]:
         trained = VLAPolicy.from_pretrained(args.model, seed=0)
         trained.add_lora(LoraSettings(r=args.tp_lora_rank, alpha=args.tp_lora_rank))
         trained.save_adapters(Path(tmp) / "adapter")
-        policy = load_policy(args.model, Path(tmp) / "adapter")
+        policy = load_policy(args.model, Path(tmp) / "adapter")  # (c): training samples through the adapter
+        evaluated = load_policy(args.model, Path(tmp) / "adapter")
+    if evaluated.dtype == torch.float32:  # as evaluate_checkpoint runs a checkpoint: the adapter folded in
+        evaluated.merge_adapters()
     out: dict[str, float] = {}
     ceiling = [ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options)]
 
     suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
     for overlap in args.tp_overlap:
-        result = evaluate(vla_actor(policy), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
+        result = evaluate(vla_actor(evaluated), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
         key = f"b_suite{'_overlap' if overlap else ''}_steps_per_s"
         out[key] = float(np.sum(result.episode_len)) / result.wall_s
 
