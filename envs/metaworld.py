@@ -24,19 +24,19 @@ Meta-World [dx, dy, dz, grab_effort].
   `from_metaworld_action` is the inverse, used to record Meta-World's experts in the contract's convention.
 
 Images (`MetaWorldEnv._render`): the `camera` (default "corner") rendered at `image_size` with MSAA, shadows and
-reflections off and simplified meshes, into an off-screen buffer of the image's size. MSAA and shadows off: about 2x faster (facts in
-shared/notes). Without reflections (reflections=False, the default since RENDER_VERSION 2) MuJoCo skips the floor's
-mirror pass, a second pass over the scene: ~35% less CPU per frame at 64 px, and a few pixels of the floor change
-(0.15% of a 64 px corner image); reflections=True gives the images of RENDER_VERSION 1. A buffer of the image's size
-instead of MuJoCo's default 640x480 gives the same pixels for ~4% less CPU. Measured by
-`python -m scripts.bench_envs --frame`. What remains is bound by triangles: the Sawyer's meshes alone are 68k, most
-far below a pixel at policy resolution. Each mesh of >= 1000 triangles is drawn with `mesh_detail` (default 0.3) of
-them (`simplify_meshes`; the default since RENDER_VERSION 3): ~2x fewer CPU ms per frame at 64 px, the same physics
-step for step, and images that differ at the robot's edges (mean absolute difference ~2 of 255); mesh_detail=1.0
-gives the images of RENDER_VERSION 2. RENDER_VERSION (every task's TaskSpec.render_version) is bumped whenever a
-default changes the images: it is part of the demo cache key, so a pi0 is never trained on other images than the
-ones it is evaluated on. Meta-World's corner cameras are mounted upside down (their image-up axis points below the
-horizon); their images are rotated by 180 degrees, which gives the upright, unmirrored view.
+reflections off and simplified meshes, into an off-screen buffer of the image's size. MSAA and shadows off: about 2x
+faster (facts in shared/notes). Without reflections (reflections=False, the default since RENDER_VERSION 2) MuJoCo
+skips the floor's mirror pass, a second pass over the scene: ~35% less CPU per frame at 64 px, and a few pixels of
+the floor change (0.15% of a 64 px corner image); reflections=True gives the images of RENDER_VERSION 1. A buffer of
+the image's size instead of MuJoCo's default 640x480 gives the same pixels for ~4% less CPU. Measured by `python -m
+scripts.bench_envs --frame`. What remains is bound by triangles: the Sawyer's meshes alone are 68k, most far below a
+pixel at policy resolution. Each mesh of >= 1000 triangles is drawn with `mesh_detail` (default 0.3) of them
+(`simplify_meshes`; the default since RENDER_VERSION 3): ~2x fewer CPU ms per frame at 64 px, the same physics step
+for step, and images that differ at the robot's edges (mean absolute difference ~2 of 255); mesh_detail=1.0 gives
+the images of RENDER_VERSION 2. RENDER_VERSION (every task's TaskSpec.render_version) is bumped whenever a default
+changes the images: it is part of the demo cache key, so a pi0 is never trained on other images than the ones it is
+evaluated on. Meta-World's corner cameras are mounted upside down (their image-up axis points below the horizon);
+their images are rotated by 180 degrees, which gives the upright, unmirrored view.
 
 State: float32 [4] = hand position (x, y, z in metres) and the fingers' opening in [0, 1] (1 = open).
 
@@ -289,12 +289,13 @@ def simplify_meshes(model, keep: float, min_faces: int = SIMPLIFY_MIN_FACES) -> 
     """Draw each mesh of >= min_faces triangles with about `keep` of them, changing nothing physics reads.
 
     Rendering these scenes on a CPU is bound by triangles (the Sawyer's meshes alone are 68k, most far below one
-    pixel at policy resolution). The triangles to drop come from a quadric-error simplification (fast-simplification),
-    replayed as half-edge collapses onto the mesh's own vertices: each removed vertex merges into a kept one, whose
-    position and normal stay as they were. So mesh_vert (what collisions read, through the convex hulls built from
-    these vertices) is untouched, and only the rendered triangle list (mesh_face, and its normal/texture-coordinate
-    indices) shrinks, in place, before the renderer uploads the meshes at the first frame. mj_ray against a
-    simplified mesh would see the new triangles through the old bounding-volume tree; Meta-World casts no rays.
+    pixel at policy resolution). The triangles to drop come from a quadric-error simplification
+    (fast-simplification), replayed as half-edge collapses onto the mesh's own vertices: each removed vertex merges
+    into a kept one, whose position and normal stay as they were. So mesh_vert (what collisions read, through the
+    convex hulls built from these vertices) is untouched, and only the rendered triangle list (mesh_face, and its
+    normal/texture-coordinate indices) shrinks, in place, before the renderer uploads the meshes at the first frame.
+    mj_ray against a simplified mesh would see the new triangles through the old bounding-volume tree; Meta-World
+    casts no rays.
     """
     import fast_simplification
 
@@ -315,13 +316,12 @@ def simplify_meshes(model, keep: float, min_faces: int = SIMPLIFY_MIN_FACES) -> 
         kept = survivor[faces]
         kept = kept[(kept[:, 0] != kept[:, 1]) & (kept[:, 1] != kept[:, 2]) & (kept[:, 0] != kept[:, 2])]
         # each corner keeps the normal (texture coordinate) index that its vertex had in the original triangles
-        per_vertex = {"mesh_facenormal": np.zeros(n_verts, np.int64), "mesh_facetexcoord": np.zeros(n_verts, np.int64)}
-        for field, index in per_vertex.items():
+        for field in ("mesh_facenormal", "mesh_facetexcoord"):
             if field == "mesh_facetexcoord" and model.mesh_texcoordadr[mesh] < 0:
-                continue
-            table = getattr(model, field)
-            index[faces.ravel()] = table[first_face : first_face + n_faces].ravel()
-            table[first_face : first_face + len(kept)] = index[kept]
+                continue  # no texture coordinates
+            table, of_vertex = getattr(model, field), np.zeros(n_verts, np.int64)
+            of_vertex[faces.ravel()] = table[first_face : first_face + n_faces].ravel()
+            table[first_face : first_face + len(kept)] = of_vertex[kept]
         model.mesh_face[first_face : first_face + len(kept)] = kept
         model.mesh_facenum[mesh] = len(kept)
 
