@@ -48,6 +48,7 @@ env is built: each process rasterizes its own frames without helper threads (ide
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
 from typing import Any
@@ -297,24 +298,14 @@ def simplify_meshes(model, keep: float, min_faces: int = SIMPLIFY_MIN_FACES) -> 
     mj_ray against a simplified mesh would see the new triangles through the old bounding-volume tree; Meta-World
     casts no rays.
     """
-    import fast_simplification
-
     for mesh in range(model.nmesh):
         n_faces, n_verts = int(model.mesh_facenum[mesh]), int(model.mesh_vertnum[mesh])
         if n_faces < min_faces:
             continue
         first_face, first_vert = model.mesh_faceadr[mesh], model.mesh_vertadr[mesh]
         faces = model.mesh_face[first_face : first_face + n_faces].astype(np.int64)
-        verts = model.mesh_vert[first_vert : first_vert + n_verts].astype(np.float64)
-        _, _, collapses = fast_simplification.simplify(verts, faces, target_count=int(keep * n_faces),
-                                                       return_collapses=True)
-        # collapse [a, b]: vertex b merged into vertex a; follow the chains to the vertex each one ends in
-        survivor = np.arange(n_verts)
-        survivor[collapses[:, 1]] = collapses[:, 0]
-        while not np.array_equal(survivor[survivor], survivor):
-            survivor = survivor[survivor]
-        kept = survivor[faces]
-        kept = kept[(kept[:, 0] != kept[:, 1]) & (kept[:, 1] != kept[:, 2]) & (kept[:, 0] != kept[:, 2])]
+        verts = model.mesh_vert[first_vert : first_vert + n_verts]
+        kept = _kept_triangles(verts, faces, keep)
         # each corner keeps the normal (texture coordinate) index that its vertex had in the original triangles
         for field in ("mesh_facenormal", "mesh_facetexcoord"):
             if field == "mesh_facetexcoord" and model.mesh_texcoordadr[mesh] < 0:
@@ -324,6 +315,30 @@ def simplify_meshes(model, keep: float, min_faces: int = SIMPLIFY_MIN_FACES) -> 
             table[first_face : first_face + len(kept)] = of_vertex[kept]
         model.mesh_face[first_face : first_face + len(kept)] = kept
         model.mesh_facenum[mesh] = len(kept)
+
+
+_KEPT_TRIANGLES: dict[tuple[bytes, float], np.ndarray] = {}
+"""A process's simplified meshes by content: every task shares the Sawyer's, and env workers rebuild them at each
+task switch (~80 ms a scene otherwise)."""
+
+
+def _kept_triangles(verts: np.ndarray, faces: np.ndarray, keep: float) -> np.ndarray:
+    """The triangles (indices into `verts`) that `simplify_meshes` draws for one mesh."""
+    import fast_simplification
+
+    key = (hashlib.sha1(verts.tobytes() + faces.tobytes()).digest(), keep)
+    if key not in _KEPT_TRIANGLES:
+        _, _, collapses = fast_simplification.simplify(verts.astype(np.float64), faces,
+                                                       target_count=int(keep * len(faces)), return_collapses=True)
+        # collapse [a, b]: vertex b merged into vertex a; follow the chains to the vertex each one ends in
+        survivor = np.arange(len(verts))
+        survivor[collapses[:, 1]] = collapses[:, 0]
+        while not np.array_equal(survivor[survivor], survivor):
+            survivor = survivor[survivor]
+        kept = survivor[faces]
+        degenerate = (kept[:, 0] == kept[:, 1]) | (kept[:, 1] == kept[:, 2]) | (kept[:, 0] == kept[:, 2])
+        _KEPT_TRIANGLES[key] = kept[~degenerate]
+    return _KEPT_TRIANGLES[key]
 
 
 class MetaWorldExpert:

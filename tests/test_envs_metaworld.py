@@ -147,7 +147,13 @@ def test_simplified_meshes_change_only_the_drawn_triangles():
     try:
         full_model, model = full.sim.model, simple.sim.model
         np.testing.assert_array_equal(model.mesh_vert, full_model.mesh_vert)
-        np.testing.assert_array_equal(model.mesh_face, again.sim.model.mesh_face)  # deterministic
+        np.testing.assert_array_equal(model.mesh_face, again.sim.model.mesh_face)  # the same in one process
+        cached = envs.metaworld._KEPT_TRIANGLES.copy()
+        envs.metaworld._KEPT_TRIANGLES.clear()
+        fresh = envs.make("metaworld/button-press", image_size=SIZE)
+        np.testing.assert_array_equal(fresh.sim.model.mesh_face, model.mesh_face)  # deterministic when recomputed
+        assert len(envs.metaworld._KEPT_TRIANGLES) == len(cached)
+        fresh.close()
         large = full_model.mesh_facenum >= SIMPLIFY_MIN_FACES
         assert large.sum() >= 5
         np.testing.assert_array_equal(model.mesh_facenum[~large], full_model.mesh_facenum[~large])
@@ -190,6 +196,7 @@ def test_envs_in_one_process_render_their_own_scenes():
     np.testing.assert_array_equal(np.stack(images), alone["button-press"])
     np.testing.assert_array_equal(second_images, alone["drawer-open"])
     first.close()
+    first.close()  # a second close is harmless
     second_before = second.step(np.zeros(7, np.float32))[0]["image"]
     del first, expert
     gc.collect()
