@@ -11,6 +11,8 @@ records that eval/suite.py writes (see `EvalRecord` there). Its fields:
     act_l1, act_l2, kl_forward_visited
     new_success, prior_success, forgetting      new-task success, mean prior-task success, mean forgetting
     forgetting_se                               its standard error from the paired episodes (eval/study.py)
+    replicate                                   the experiment it belongs to when several are pooled
+                                                (`analyze_pooled`: e.g. one experiment per seed), else ""
     kl_forward_se                               forward KL's standard error over the held-out observations
     episodes                                    {task: per-episode success} (for the bootstrap; not in the CSV)
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.study import forgetting_se
+from eval import study
 
 PREDICTORS = ("kl_forward", "kl_reverse", "kl_reverse_is", "tv", "dist_l2", "weight_l1", "l2_weight", "fisher_l2",
               "spectral_norm", "act_l1", "act_l2", "entropy_change", "kl_forward_visited")
@@ -85,6 +87,7 @@ class Point:
     kl_forward_se: float = float("nan")
     new_task: str | None = None
     prior_tasks: list = field(default_factory=list)
+    replicate: str = ""
     episodes: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -129,20 +132,24 @@ class Point:
         return d
 
 
-def collect_points(exp_dir: str | Path, pattern: str = "**/eval.json") -> list[Point]:
+def collect_points(exp_dir: str | Path, pattern: str = "**/eval.json", replicate: str = "") -> list[Point]:
     """Read every eval record under `exp_dir` (recursively) with its predictors.json when there is one,
-    sorted by (method, lr, run, step); each point's forgetting_se from its paired episodes."""
+    sorted by (method, lr, run, step); each point's forgetting_se from its paired episodes. `replicate`: the
+    experiment's name in a pooled analysis (also prefixed to the run names, which repeat across experiments)."""
     paths = sorted(Path(exp_dir).glob(pattern))
     points = []
     for path in paths:
         point = Point.from_record(json.loads(path.read_text()))
+        point.replicate = replicate
+        if replicate:
+            point.run = f"{replicate}/{point.run}"
         if (path.parent / "predictors.json").exists():
             point.add_predictors(json.loads((path.parent / "predictors.json").read_text()))
         points.append(point)
     base = next((p for p in points if p.method == BASE_METHOD and p.episodes), None)
     for p in points:
         if base is not None and p.method != BASE_METHOD:
-            p.forgetting_se = forgetting_se(base.episodes, p.episodes, p.prior_tasks)
+            p.forgetting_se = study.forgetting_se(base.episodes, p.episodes, p.prior_tasks)
     return sorted(points, key=lambda p: (p.method, _nan_last(p.lr), p.run, p.batch_size, p.step))
 
 
@@ -402,8 +409,6 @@ def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list
     """Collect points under `exp_dir`, fit, bootstrap, plot; writes analysis.json, points.csv and the PNGs into
     `out_dir` (default exp_dir/analysis) and returns the analysis dict (paths relative to out_dir). `study`
     holds eval/study.py's R^2 tables (all checkpoints and the Pareto-filtered ones) and the verdicts."""
-    from eval import study
-
     exp_dir = Path(exp_dir)
     out = Path(out_dir) if out_dir else exp_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
@@ -411,35 +416,9 @@ def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list
     if not points:
         raise FileNotFoundError(f"no eval.json records under {exp_dir}: evaluate some checkpoints first")
     fits = fit_predictors(points)
-    tuned = [p for p in points if p.method != BASE_METHOD]
-    predictors = [k for k in PREDICTORS if any(math.isfinite(getattr(p, k)) for p in tuned)]
-    result_study: dict = {"n_boot": n_boot, "predictors": predictors}
-    near: set[tuple[str, int]] = set()
-    if tuned:
-        keep = study.frontier_filter([p.new_success for p in tuned], [p.prior_success for p in tuned])
-        near = {(p.run, p.step) for p, k in zip(tuned, keep) if k}
-        for subset, pts in (("all", tuned), ("frontier", [p for p, k in zip(tuned, keep) if k])):
-            sample = study.Sample.from_points(points if subset == "all" else pts + [p for p in points if p.method == BASE_METHOD], predictors)
-            forg = np.array([p.forgetting for p in pts])
-            table = study.r2_table(sample, forg, predictors, n_boot=n_boot, seed=seed)
-            result_study[f"r2_{subset}"] = {k: {f: e.to_dict() for f, e in v.items()} for k, v in table.items()}
-            result_study[f"n_{subset}"] = len(pts)
-        sample = study.Sample.from_points(points, predictors)
-        result_study["verdicts"] = study.verdicts(sample, np.array([p.forgetting for p in tuned]),
-                                                  np.array([p.new_success for p in tuned]), predictors,
-                                                  n_boot=n_boot, seed=seed)
-        result_study["sentences"] = study.verdict_sentences(result_study["verdicts"],
-                                                            label=lambda k: PREDICTOR_LABELS.get(k, k))
-        se = [p.forgetting_se for p in tuned if math.isfinite(p.forgetting_se)]
-        result_study["forgetting_se_mean"] = float(np.mean(se)) if se else math.nan
-        result_study["forgetting_se_max"] = float(np.max(se)) if se else math.nan
-    plots = {
-        "forgetting_vs_kl": plot_forgetting_vs_predictors(points, fits, out / "forgetting_vs_kl.png", ("kl_forward",)).name,
-        "forgetting_vs_predictors": plot_forgetting_vs_predictors(points, fits, out / "forgetting_vs_predictors.png",
-                                                                  [k for k in PREDICTORS if k in predictors] or PREDICTORS[:1]).name,
-        "pareto": plot_pareto(points, out / "pareto.png", near).name,
-        "learning_curves": plot_learning_curves(points, out / "learning_curves.png").name,
-    }
+    result_study, near = study_points(points, n_boot, seed)
+    plots = {**_study_plots(points, fits, result_study["predictors"], near, out),
+             "learning_curves": plot_learning_curves(points, out / "learning_curves.png").name}
     metric_files = {p.parent.name: p for p in sorted(Path(exp_dir).parent.glob("train/*/metrics.jsonl"))}
     metric_files.update({p.parent.name: p for p in sorted(Path(exp_dir).glob("train/*/metrics.jsonl"))})
     if metric_files and plot_training_curves(metric_files, out / "training_curves.png"):
@@ -459,10 +438,109 @@ def analyze(exp_dir: str | Path, out_dir: str | Path | None = None, points: list
     return result
 
 
+def _study_plots(points: list[Point], fits, predictors, near: set[tuple[str, int]], out: Path) -> dict[str, str]:
+    """Forgetting vs forward KL, vs every measured predictor, and the Pareto view, as {plot: file name}."""
+    return {
+        "forgetting_vs_kl": plot_forgetting_vs_predictors(points, fits, out / "forgetting_vs_kl.png",
+                                                          ("kl_forward",)).name,
+        "forgetting_vs_predictors": plot_forgetting_vs_predictors(
+            points, fits, out / "forgetting_vs_predictors.png",
+            [k for k in PREDICTORS if k in predictors] or PREDICTORS[:1]).name,
+        "pareto": plot_pareto(points, out / "pareto.png", near).name,
+    }
+
+
+def study_points(points: list[Point], n_boot: int = 1000, seed: int = 0) -> tuple[dict, set[tuple[str, int]]]:
+    """eval/study.py over the points: the R^2 tables of all fine-tuned checkpoints and of those within 2 points of
+    their experiment's Pareto frontier, the verdicts and their sentences, the mean and max standard error of a
+    point's forgetting; and the {(run, step)} of the near-frontier checkpoints."""
+    tuned = [p for p in points if p.method != BASE_METHOD]
+    predictors = [k for k in PREDICTORS if any(math.isfinite(getattr(p, k)) for p in tuned)]
+    result: dict = {"n_boot": n_boot, "predictors": predictors}
+    if not tuned:
+        return result, set()
+    keep = np.zeros(len(tuned), bool)
+    for r in {p.replicate for p in tuned}:  # each experiment's frontier: its own pi0, its own trade-off
+        mine = np.array([p.replicate == r for p in tuned])
+        keep[mine] = study.frontier_filter([p.new_success for p in tuned if p.replicate == r],
+                                           [p.prior_success for p in tuned if p.replicate == r])
+    near = {(p.run, p.step) for p, k in zip(tuned, keep) if k}
+    bases = [p for p in points if p.method == BASE_METHOD]
+    for subset, pts in (("all", tuned), ("frontier", [p for p, k in zip(tuned, keep) if k])):
+        sample = study.Sample.from_points(pts + bases, predictors)
+        table = study.r2_table(sample, np.array([p.forgetting for p in pts]), predictors, n_boot=n_boot, seed=seed)
+        result[f"r2_{subset}"] = {k: {f: e.to_dict() for f, e in v.items()} for k, v in table.items()}
+        result[f"n_{subset}"] = len(pts)
+    sample = study.Sample.from_points(points, predictors)
+    result["verdicts"] = study.verdicts(sample, np.array([p.forgetting for p in tuned]),
+                                        np.array([p.new_success for p in tuned]), predictors, n_boot=n_boot, seed=seed)
+    result["sentences"] = study.verdict_sentences(result["verdicts"], label=lambda k: PREDICTOR_LABELS.get(k, k))
+    se = [p.forgetting_se for p in tuned if math.isfinite(p.forgetting_se)]
+    result["forgetting_se_mean"] = float(np.mean(se)) if se else math.nan
+    result["forgetting_se_max"] = float(np.max(se)) if se else math.nan
+    return result, near
+
+
+def analyze_pooled(exp_dirs: list[str | Path], out_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Several experiments of one preset pooled (e.g. one per seed, each with its own pi0): every checkpoint's
+    forgetting against its own pi0, the study's tables and verdicts with a two-level bootstrap (experiments, then
+    checkpoints within them; eval/study.py), the relation tested for one curve across the experiments, and one row
+    per experiment (its pi0 and its own verdict figures, so that the pooled values can be read against them).
+    Writes analysis.json, points.csv and the plots into `out_dir`; returns the analysis dict."""
+    from eval.stats import wilson_interval
+
+    dirs = [Path(d) for d in exp_dirs]
+    names = [d.resolve().name for d in dirs]
+    if len(dirs) < 2 or len(set(names)) < len(names):
+        raise ValueError(f"pool at least two experiment directories with distinct names, got {[str(d) for d in dirs]}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    points, experiments = [], []
+    for d, name in zip(dirs, names):
+        mine = collect_points(d / "evals" if (d / "evals").is_dir() else d, replicate=name)
+        base = next((p for p in mine if p.method == BASE_METHOD), None)
+        tuned = [p for p in mine if p.method != BASE_METHOD]
+        if base is None or not tuned:
+            raise FileNotFoundError(f"{d} has no evaluation of pi0 and of fine-tuned checkpoints: run its experiment "
+                                    "first (or leave it out of the pool)")
+        config = json.loads((d / "experiment.json").read_text()) if (d / "experiment.json").exists() else {}
+        new_eps = base.episodes.get(base.new_task, [])
+        predictors = [k for k in PREDICTORS if any(math.isfinite(getattr(p, k)) for p in tuned)]
+        y = np.array([p.forgetting for p in tuned])
+        r2 = {k: study.fit_r2(np.array([getattr(p, k) for p in tuned]), y, "quadratic") for k in predictors}
+        alternatives = {k: v for k, v in r2.items() if k != "kl_forward" and math.isfinite(v)}
+        best = max(alternatives, key=alternatives.get) if alternatives else None
+        rl_f, sft_f, gap, pairs = study.matched_gap(np.array([p.method for p in tuned]),
+                                                    np.array([p.new_success for p in tuned]), y)
+        experiments.append({
+            "name": name, "dir": str(d), "seed": config.get("seed"), "checkpoints": len(tuned),
+            "pi0_new_success": base.new_success, "pi0_new_episodes": len(new_eps),
+            "pi0_new_ci": list(wilson_interval(int(sum(new_eps)), len(new_eps))) if new_eps else None,
+            "pi0_prior_success": base.prior_success, "r2_kl_forward": r2.get("kl_forward", math.nan),
+            "best_alternative": best, "r2_best": r2[best] if best else math.nan,
+            "rl_vs_sft_gap": gap, "rl_vs_sft_pairs": pairs,
+            "report": str(d / "report.md") if (d / "report.md").exists() else None})
+        points += mine
+    result_study, near = study_points(points, n_boot, seed)
+    tuned = [p for p in points if p.method != BASE_METHOD]
+    result_study["one_curve_across_experiments"] = study.chow_test(
+        np.array([p.kl_forward for p in tuned]), np.array([p.forgetting for p in tuned]),
+        np.array([p.replicate for p in tuned]))
+    fits = fit_predictors(points)
+    plots = _study_plots(points, fits, result_study["predictors"], near, out)
+    result = {"experiments": experiments,
+              "points": [dict(p.to_dict(), near_frontier=(p.run, p.step) in near) for p in points],
+              "fits": fits_to_dict(fits), "methods": method_summary(points), "study": result_study, "plots": plots}
+    (out / "analysis.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    write_points_csv(points, out / "points.csv")
+    return result
+
+
 def write_points_csv(points: list[Point], path: str | Path) -> Path:
     import csv
 
-    cols = ["run", "method", "lr", "batch_size", "step", "new_success", "prior_success", "forgetting", "forgetting_se",
+    cols = ["replicate", "run", "method", "lr", "batch_size", "step", "new_success", "prior_success", "forgetting",
+            "forgetting_se",
             "kl_forward_se", *PREDICTORS]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
-from eval.analysis import BASE_METHOD, PAPER_TABLE1, PREDICTOR_LABELS, analyze
+from eval.analysis import BASE_METHOD, PAPER_TABLE1, PREDICTOR_LABELS, analyze, analyze_pooled
 from eval.study import FITS, Estimate
 
 
@@ -198,5 +199,56 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
            "(chain rule: tokens sampled from pi0, exact per-token KL summed); reverse KL and TV from the same passes "
            "(see eval/kl.py).", ""]
     path = exp_dir / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def write_pooled_report(out_dir: str | Path, exp_dirs: list[str | Path], title: str | None = None,
+                        n_boot: int = 1000) -> Path:
+    """Pool several experiments of one preset (eval.analysis.analyze_pooled; e.g. one per seed) and write
+    out_dir/report.md: the verdicts over all of them, one row per experiment, the predictor table and the plots."""
+    out = Path(out_dir)
+    analysis = analyze_pooled(exp_dirs, out / "analysis", n_boot=n_boot)
+    study = analysis["study"]
+    exps = analysis["experiments"]
+    md = [f"# {title or f'RL’s Razor: {len(exps)} experiments pooled'}", "",
+          "## Verdict over the pooled experiments", "",
+          *[f"{i + 1}. {line}" for i, line in enumerate(study.get("sentences", []))], "",
+          f"Intervals: 95% two-level bootstrap ({study['n_boot']} replicates: the {len(exps)} experiments resampled "
+          "with replacement, then the checkpoints within each, and the episodes of every success rate with their "
+          "seeds paired; eval/study.py). Each checkpoint's forgetting is against its own experiment's pi0, and RL/SFT "
+          "pairs are matched within an experiment. With few experiments these intervals are coarse; read them with "
+          "the rows below.", ""]
+    across = study.get("one_curve_across_experiments") or {}
+    if math.isfinite(across.get("p", math.nan)):
+        md += [f"One curve across the experiments (forgetting vs forward KL, quadratic): pooled R² = "
+               f"{across['r2_pooled']:.2f} vs one per experiment R² = {across['r2_separate']:.2f}, F-test p = "
+               f"{across['p']:.3g} ({len(across['groups'])} experiments, {across['n']} checkpoints).", ""]
+    rows = []
+    for e in exps:
+        ci = e.get("pi0_new_ci")
+        pi0 = f"{e['pi0_new_success']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        gap = f"{e['rl_vs_sft_gap']:.3f} ({e['rl_vs_sft_pairs']} pairs)" if e["rl_vs_sft_pairs"] else "no pairs"
+        link = f"[{e['name']}]({os.path.relpath(e['report'], out)})" if e.get("report") else e["name"]
+        rows.append([link, e.get("seed"), e["checkpoints"], pi0, e["pi0_prior_success"], gap, e["r2_kl_forward"],
+                     f"{e['best_alternative']} {e['r2_best']:.2f}" if e.get("best_alternative") else None])
+    md += ["## The experiments", "", "Each experiment's own figures (point estimates; its report has the intervals). "
+           "pi0's new-task success with its Wilson 95% interval.", "",
+           _table(["experiment", "seed", "checkpoints", "pi0 new-task success", "pi0 prior success",
+                   "SFT − RL at matched success", "forward KL quadratic R²", "best alternative, R²"], rows), ""]
+    if study.get("r2_all"):
+        md += ["## Predictors of forgetting, pooled (RL's Razor's Table 1)", "",
+               f"All {study['n_all']} fine-tuned checkpoints:", "", r2_table_md(study, "all"), "",
+               f"The {study['n_frontier']} checkpoints within 2 points of their experiment's Pareto frontier:", "",
+               r2_table_md(study, "frontier"), ""]
+    plots = analysis["plots"]
+    md += ["## Plots", "", f"![forgetting vs forward KL](analysis/{plots['forgetting_vs_kl']})", "",
+           f"![forgetting vs each predictor](analysis/{plots['forgetting_vs_predictors']})", "",
+           f"![new-task vs prior-task success](analysis/{plots['pareto']})", ""]
+    md += ["## Methods, pooled", "", _table(
+        ["method", "checkpoints", "best new success", "forgetting at best", "mean forgetting", "mean forward KL"],
+        [[r["method"], r["checkpoints"], r["best_new_success"], r["forgetting_at_best"], r["mean_forgetting"],
+          r["mean_kl_forward"]] for r in analysis["methods"]]), ""]
+    path = out / "report.md"
     path.write_text("\n".join(md))
     return path

@@ -16,6 +16,13 @@ replacement and, independently, the episodes of every task with replacement; the
 every checkpoint and pi0 (the seeds are paired), and every success rate and forgetting value is recomputed from
 them. Predictor values are kept as measured (their own noise is in eval/kl.py's standard errors).
 
+Replicates (several experiments pooled, e.g. one per seed: each its own pi0, demos and sampling): every checkpoint's
+forgetting is measured against its own experiment's pi0, and RL/SFT pairs are matched within an experiment only.
+The bootstrap is then two-level: the experiments are resampled with replacement, then the checkpoints within each
+drawn experiment (a cluster bootstrap), so that the intervals carry the seed-to-seed variation, not only the
+variation of checkpoints around one pi0. With few experiments (2-4) such intervals are coarse: they say how far
+the pooled value can be trusted, and the per-experiment values should be read beside them.
+
 Per-point forgetting interval: forgetting = mean over prior tasks of (pi0's success - pi's success); with paired
 episodes its standard error is sqrt(sum_k var(d_k) / E_k) / K, d_k the per-episode differences on task k (E_k
 episodes, K prior tasks); the interval is +-1.96 SE. `episodes_for_se` inverts it to size a study.
@@ -83,7 +90,8 @@ def sse_quadratic(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
 @dataclass
 class Sample:
     """The checkpoints as arrays: the predictors X {name: [n]}, methods [n], and per task the episode successes
-    S[task] [n, E] of the checkpoints and B[task] [E] of pi0."""
+    S[task] [n, E] of the checkpoints and B[task] [G, E] of the pi0 of each of G experiments (a 1-D [E] is one
+    experiment); groups [n] (default all 0) says which experiment each checkpoint belongs to."""
 
     X: dict[str, np.ndarray]
     methods: np.ndarray
@@ -91,23 +99,41 @@ class Sample:
     prior_tasks: list[str]
     S: dict[str, np.ndarray]
     B: dict[str, np.ndarray]
+    groups: np.ndarray | None = None
+    replicates: tuple[str, ...] = ("",)
+
+    def __post_init__(self):
+        self.B = {t: np.atleast_2d(np.asarray(b, float)) for t, b in self.B.items()}
+        self.groups = np.zeros(len(self.methods), int) if self.groups is None else np.asarray(self.groups, int)
 
     @classmethod
     def from_points(cls, points, predictors) -> "Sample":
-        """From analysis Points (the base point supplies pi0's episodes; it is not a checkpoint)."""
-        base = [p for p in points if p.method == "base"]
+        """From analysis Points (the base point of each experiment, Point.replicate, supplies its pi0's episodes;
+        it is not a checkpoint)."""
         pts = [p for p in points if p.method != "base"]
         if not pts:
             raise ValueError("no fine-tuned checkpoints to analyse")
+        replicates = tuple(dict.fromkeys(p.replicate for p in pts))
+        base = {p.replicate: p for p in points if p.method == "base" and p.episodes}
         new_task, priors = pts[0].new_task, list(pts[0].prior_tasks)
-        have_eps = bool(base) and all(p.episodes for p in pts) and bool(base[0].episodes)
+        for p in pts:
+            if (p.new_task, list(p.prior_tasks)) != (new_task, priors):
+                raise ValueError(f"experiment {p.replicate!r} has new task {p.new_task} and prior tasks "
+                                 f"{p.prior_tasks}, another has {new_task} and {priors}: pool experiments of one "
+                                 "preset only")
+        have_eps = all(r in base for r in replicates) and all(p.episodes for p in pts)
         S, B = {}, {}
         if have_eps:
             for t in [new_task, *priors]:
+                lengths = {len(p.episodes[t]) for p in [*pts, *base.values()]}
+                if len(lengths) > 1:
+                    raise ValueError(f"the pooled experiments evaluated {t} with different episode counts "
+                                     f"{sorted(lengths)}: pool experiments run with the same eval_episodes")
                 S[t] = np.array([p.episodes[t] for p in pts], float)
-                B[t] = np.array(base[0].episodes[t], float)
+                B[t] = np.array([base[r].episodes[t] for r in replicates], float)
         return cls({k: np.array([getattr(p, k) for p in pts], float) for k in predictors},
-                   np.array([p.method for p in pts]), new_task, priors, S, B)
+                   np.array([p.method for p in pts]), new_task, priors, S, B,
+                   np.array([replicates.index(p.replicate) for p in pts]), replicates)
 
     def __len__(self) -> int:
         return len(self.methods)
@@ -116,15 +142,24 @@ class Sample:
     def has_episodes(self) -> bool:
         return bool(self.S)
 
+    @property
+    def n_replicates(self) -> int:
+        return len(self.replicates)
+
+    def subset(self, mask: np.ndarray) -> "Sample":
+        """The checkpoints where `mask` is true (every experiment's pi0 kept)."""
+        return Sample({k: v[mask] for k, v in self.X.items()}, self.methods[mask], self.new_task, self.prior_tasks,
+                      {t: s[mask] for t, s in self.S.items()}, self.B, self.groups[mask], self.replicates)
+
 
 def rates(sample: Sample, weights: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(new-task success, prior-task success, forgetting), each [n], from the episodes; `weights` {task: [E]}
-    (bootstrap counts / E, default uniform) reweights the episodes."""
+    """(new-task success, prior-task success, forgetting), each [n], from the episodes, forgetting against each
+    checkpoint's own pi0; `weights` {task: [E]} (bootstrap counts / E, default uniform) reweights the episodes."""
     w = weights or {t: np.full(s.shape[1], 1.0 / s.shape[1]) for t, s in sample.S.items()}
     new = sample.S[sample.new_task] @ w[sample.new_task]
     prior = np.mean([sample.S[t] @ w[t] for t in sample.prior_tasks], axis=0)
-    base_prior = np.mean([sample.B[t] @ w[t] for t in sample.prior_tasks])
-    return new, prior, base_prior - prior
+    base_prior = np.mean([sample.B[t] @ w[t] for t in sample.prior_tasks], axis=0)  # [G]
+    return new, prior, base_prior[sample.groups] - prior
 
 
 def forgetting_se(base_episodes: dict, episodes: dict, prior_tasks) -> float:
@@ -146,29 +181,40 @@ def episodes_for_se(target_se: float, n_prior_tasks: int, var_diff: float = 0.5)
 # --------------------------------------------------------------------------------------------------- bootstrap
 
 
+def _resample(rng, members: np.ndarray, strata: np.ndarray | None) -> np.ndarray:
+    """`members` (checkpoint indices) drawn with replacement, within each stratum when `strata` [n] is given."""
+    if strata is None:
+        return rng.choice(members, members.size)
+    return np.concatenate([rng.choice(members[strata[members] == s], (strata[members] == s).sum())
+                           for s in np.unique(strata[members])])
+
+
 def _replicates(sample: Sample, n_boot: int, seed: int, strata: np.ndarray | None = None):
-    """Yield (checkpoint indices [n], (new, prior, forgetting) [n] at those indices) per bootstrap replicate;
-    the first yield is the data itself. `strata` (labels [n]): resample checkpoints within each label."""
+    """Yield (checkpoint indices [m], (new, prior, forgetting) [m] at those indices, experiment copy [m]) per
+    bootstrap replicate; the first yield is the data itself. `strata` (labels [n]): resample checkpoints within
+    each label. With several experiments, the experiments are drawn first (see the module docstring); the copy
+    labels tell the draws of one experiment apart (its checkpoints may be drawn twice)."""
     rng = np.random.default_rng(seed)
-    n = len(sample)
+    n, g = len(sample), sample.n_replicates
     base_rates = rates(sample) if sample.has_episodes else None
     for r in range(n_boot + 1):
         if r == 0:
-            idx = np.arange(n)
-            yield idx, base_rates
+            yield np.arange(n), base_rates, sample.groups
             continue
-        if strata is None:
-            idx = rng.integers(0, n, n)
+        if g == 1:
+            idx = _resample(rng, np.arange(n), strata)
+            copy = np.zeros(n, int)
         else:
-            idx = np.concatenate([rng.choice(np.flatnonzero(strata == s), (strata == s).sum())
-                                  for s in np.unique(strata)])
+            drawn = [_resample(rng, np.flatnonzero(sample.groups == k), strata) for k in rng.integers(0, g, g)]
+            idx = np.concatenate(drawn)
+            copy = np.repeat(np.arange(g), [d.size for d in drawn])
         if sample.has_episodes:
             w = {t: np.bincount(rng.integers(0, s.shape[1], s.shape[1]), minlength=s.shape[1]) / s.shape[1]
                  for t, s in sample.S.items()}
             new, prior, forg = rates(sample, w)
-            yield idx, (new[idx], prior[idx], forg[idx])
+            yield idx, (new[idx], prior[idx], forg[idx]), copy
         else:
-            yield idx, None
+            yield idx, None, copy
 
 
 @dataclass
@@ -204,7 +250,7 @@ def r2_table(sample: Sample, forgetting: np.ndarray, predictors, n_boot: int = 1
     the measured values (used when the sample has no episode data)."""
     draws = {p: {k: [] for k in FITS} for p in predictors}
     point = {}
-    for r, (idx, rr) in enumerate(_replicates(sample, n_boot, seed)):
+    for r, (idx, rr, _) in enumerate(_replicates(sample, n_boot, seed)):
         y = rr[2] if rr is not None else forgetting[idx]
         for p in predictors:
             x = sample.X[p][idx]
@@ -220,7 +266,7 @@ def r2_table(sample: Sample, forgetting: np.ndarray, predictors, n_boot: int = 1
 def r2_draws(sample: Sample, forgetting: np.ndarray, predictors, kind: str, n_boot: int, seed: int) -> np.ndarray:
     """R^2 of `kind` per predictor per replicate: [n_boot + 1, len(predictors)] (row 0: the data)."""
     out = []
-    for idx, rr in _replicates(sample, n_boot, seed):
+    for idx, rr, _ in _replicates(sample, n_boot, seed):
         y = rr[2] if rr is not None else forgetting[idx]
         out.append([fit_r2(sample.X[p][idx], y, kind) for p in predictors])
     return np.array(out)
@@ -239,12 +285,16 @@ def frontier_filter(new_success, prior_success, tolerance: float = 0.02) -> np.n
 # -------------------------------------------------------------------------------------------------- verdicts
 
 
-def matched_gap(methods, new_success, forgetting, tolerance: float = 0.1) -> tuple[float, float, float, int]:
+def matched_gap(methods, new_success, forgetting, tolerance: float = 0.1, groups=None
+                ) -> tuple[float, float, float, int]:
     """(mean forgetting of the RL checkpoints, of the SFT checkpoints, SFT - RL, number of pairs) over all
-    (RL, SFT) checkpoint pairs whose new-task success differs by at most `tolerance`."""
+    (RL, SFT) checkpoint pairs whose new-task success differs by at most `tolerance` (and, given `groups` [n],
+    that belong to the same experiment: the same pi0)."""
     rl = np.isin(methods, RL_METHODS)
     sft = methods == SFT_METHOD
     close = np.abs(new_success[rl][:, None] - new_success[sft][None, :]) <= tolerance + 1e-12
+    if groups is not None:
+        close &= np.asarray(groups)[rl][:, None] == np.asarray(groups)[sft][None, :]
     if not close.any():
         return float("nan"), float("nan"), float("nan"), 0
     i, j = np.nonzero(close)
@@ -271,19 +321,27 @@ def chow_test(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
             "r2_separate": 1 - sse_sep / ss_tot, "F": float(F), "p": p}
 
 
+def rl_vs_sft(sample: Sample, forgetting: np.ndarray, new_success: np.ndarray, n_boot: int = 1000, seed: int = 0,
+              tolerance: float = 0.1) -> dict:
+    """Verdict 1's numbers: `matched_gap` within each experiment, its bootstrap interval (checkpoints resampled
+    within each method; experiments first when there are several), and how many experiments had a pair."""
+    rl_f, sft_f, gap, pairs = matched_gap(sample.methods, new_success, forgetting, tolerance, sample.groups)
+    draws = []
+    for r, (idx, rr, copy) in enumerate(_replicates(sample, n_boot, seed, strata=sample.methods)):
+        if r:
+            ns, fg = (rr[0], rr[2]) if rr is not None else (new_success[idx], forgetting[idx])
+            draws.append(matched_gap(sample.methods[idx], ns, fg, tolerance, copy)[2])
+    with_pairs = sum(matched_gap(sample.methods[m], new_success[m], forgetting[m], tolerance)[3] > 0
+                     for m in (sample.groups == g for g in range(sample.n_replicates)))
+    return {"rl_forgetting": rl_f, "sft_forgetting": sft_f, "pairs": pairs, "tolerance": tolerance,
+            "experiments": sample.n_replicates, "experiments_with_pairs": int(with_pairs),
+            "gap": Estimate.from_draws(gap, draws).to_dict()}
+
+
 def verdicts(sample: Sample, forgetting: np.ndarray, new_success: np.ndarray, predictors, n_boot: int = 1000,
              seed: int = 0, tolerance: float = 0.1) -> dict:
     """The three verdicts (see `verdict_sentences`) as numbers with bootstrap intervals."""
-    out = {}
-    # 1. RL vs SFT at matched new-task success (checkpoints resampled within each method)
-    rl_f, sft_f, gap, pairs = matched_gap(sample.methods, new_success, forgetting, tolerance)
-    draws = []
-    for r, (idx, rr) in enumerate(_replicates(sample, n_boot, seed + 1, strata=sample.methods)):
-        if r:
-            ns, fg = (rr[0], rr[2]) if rr is not None else (new_success[idx], forgetting[idx])
-            draws.append(matched_gap(sample.methods[idx], ns, fg, tolerance)[2])
-    out["rl_vs_sft"] = {"rl_forgetting": rl_f, "sft_forgetting": sft_f, "pairs": pairs, "tolerance": tolerance,
-                        "gap": Estimate.from_draws(gap, draws).to_dict()}
+    out = {"rl_vs_sft": rl_vs_sft(sample, forgetting, new_success, n_boot, seed + 1, tolerance)}
     # 2. forward KL vs the best alternative predictor (quadratic R^2, paired replicates)
     names = ["kl_forward"] + [p for p in predictors if p != "kl_forward"]
     d = r2_draws(sample, forgetting, names, "quadratic", n_boot, seed + 2)
@@ -300,7 +358,7 @@ def verdicts(sample: Sample, forgetting: np.ndarray, new_success: np.ndarray, pr
     x = sample.X["kl_forward"]
     chow = chow_test(x, forgetting, sample.methods)
     draws = []
-    for r, (idx, rr) in enumerate(_replicates(sample, n_boot, seed + 3, strata=sample.methods)):
+    for r, (idx, rr, _) in enumerate(_replicates(sample, n_boot, seed + 3, strata=sample.methods)):
         if r:
             c = chow_test(x[idx], rr[2] if rr is not None else forgetting[idx], sample.methods[idx])
             draws.append(c["r2_separate"] - c["r2_pooled"])
@@ -335,7 +393,9 @@ def verdict_sentences(v: dict, label=lambda name: name) -> list[str]:
     else:
         answer = _sign(gap, "RL forgets less than SFT", "SFT forgets less than RL",
                        "RL and SFT forget indistinguishably")
-        out.append(f"{answer} at matched new-task success: over {m['pairs']} checkpoint pairs within "
+        where = (f" (from {m['experiments_with_pairs']} of {m['experiments']} experiments, matched within each)"
+                 if m.get("experiments", 1) > 1 else "")
+        out.append(f"{answer} at matched new-task success: over {m['pairs']} checkpoint pairs{where} within "
                    f"±{m['tolerance']:g}, mean forgetting RL {m['rl_forgetting']:.3f} vs SFT "
                    f"{m['sft_forgetting']:.3f}, "
                    f"SFT − RL = {gap.text(3)} (95% bootstrap interval).")

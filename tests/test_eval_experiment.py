@@ -262,3 +262,29 @@ def test_pi0_pretrains_on_pi0_threads_and_gives_the_others_back(tmp_path, monkey
     assert torch.get_num_threads() == 1  # the suite's per-test setting (conftest)
     Experiment(cfg, log=lambda s: None).pi0()
     assert seen == [3] and torch.get_num_threads() == 1
+
+
+@pytest.mark.skipif(not HAS_SFT, reason="needs rollouts/sft.py")
+def test_seeds_run_one_experiment_each_and_pool_them(tmp_path, capsys):
+    from scripts.razor import _split_seeds, run_seeds
+
+    assert _split_seeds(["quick", "--seeds", "0", "2", "--updates", "2"]) == (["quick", "--updates", "2"], [0, 2])
+    for bad in (["--seeds", "1"], ["--seeds", "1", "1"], ["--seeds", "a", "b"]):
+        with pytest.raises(ConfigError, match="--seeds"):
+            _split_seeds(bad)
+    cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                           methods=("reinforce", "sft"), predictors=False, **MINI)
+    report = run_seeds(cfg, [0, 1])
+    run = tmp_path / "run"
+    for seed in (0, 1):
+        saved = json.loads((run / f"seed_{seed}" / "experiment.json").read_text())
+        assert saved["seed"] == seed and (run / f"seed_{seed}" / "report.md").exists()
+    pi0s = {json.loads((run / f"seed_{s}" / "stages" / "pi0.json").read_text())["result"]["path"] for s in (0, 1)}
+    assert len(pi0s) == 2  # each seed trains its own pi0
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert [e["seed"] for e in analysis["experiments"]] == [0, 1] and analysis["study"]["n_all"] == 8
+    text = report.read_text()
+    assert "seeds [0, 1] pooled" in text and "(seed_0/report.md)" in text
+    # a directory holding one experiment is not a place for the seeds' directories
+    with pytest.raises(ConfigError, match="single experiment"):
+        run_seeds(dataclasses.replace(cfg, run_dir=str(run / "seed_0")), [0, 1])

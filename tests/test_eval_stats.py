@@ -128,3 +128,36 @@ def test_report_renders_with_plots(tmp_path):
     assert "quadratic R² = 0.99" in text or "quadratic R² = 1.000" in text
     assert "evals/sft_lr0.0001/step10/ep0.mp4" in text
     assert "| old | prior | 14/20 |" in text  # base task table
+
+
+def test_pooled_report_over_experiments(tmp_path):
+    from eval.report import write_pooled_report
+
+    dirs = []
+    for seed in (0, 1):
+        d = tmp_path / f"seed_{seed}"
+        _write_records(d, _synthetic_points(np.random.default_rng(seed)))
+        (d / "experiment.json").write_text(json.dumps({"seed": seed, "new_task": "new"}))
+        dirs.append(d)
+    report = write_pooled_report(tmp_path / "pooled", dirs, n_boot=50)
+    analysis = json.loads((tmp_path / "pooled" / "analysis" / "analysis.json").read_text())
+    assert [e["seed"] for e in analysis["experiments"]] == [0, 1]
+    assert all(e["checkpoints"] == 12 and e["pi0_new_success"] == 0.3 for e in analysis["experiments"])
+    runs = {p["run"] for p in analysis["points"]}
+    assert "seed_0/ppo_lr0.0001" in runs and "seed_1/ppo_lr0.0001" in runs and len(analysis["points"]) == 26
+    assert analysis["study"]["n_all"] == 24 and analysis["study"]["verdicts"]["rl_vs_sft"]["experiments"] == 2
+    text = report.read_text()
+    assert "## Verdict over the pooled experiments" in text and "| seed_1 | 1 | 12 |" in text
+    for name in analysis["plots"].values():
+        assert f"](analysis/{name})" in text and (tmp_path / "pooled" / "analysis" / name).stat().st_size > 5000
+    # experiments of another set-up are not pooled; two directories of one name are refused
+    other = tmp_path / "other"
+    _write_records(other, _synthetic_points(np.random.default_rng(3)))
+    for path in other.glob("evals/**/eval.json"):
+        rec = json.loads(path.read_text())
+        rec["new_task"], rec["tasks"]["elsewhere"] = "elsewhere", rec["tasks"].pop("new")
+        path.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="one preset"):
+        write_pooled_report(tmp_path / "bad", [dirs[0], other], n_boot=10)
+    with pytest.raises(ValueError, match="distinct names"):
+        write_pooled_report(tmp_path / "bad", [dirs[0], dirs[0]], n_boot=10)

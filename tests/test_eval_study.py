@@ -116,3 +116,47 @@ def test_no_forgetting_anywhere_gives_undefined_r2_not_rounding_noise():
     sample, forgetting, new_s = _synthetic(["reinforce"] * n, [0.7] * n, [0.9] * n, np.linspace(0.1, 1, n))
     table = study.r2_table(sample, forgetting, ["kl_forward"], n_boot=20)
     assert all(np.isnan(e.value) for e in table["kl_forward"].values())
+
+
+def _no_episodes(methods, groups, x=None):
+    n = len(methods)
+    x = np.zeros(n) if x is None else x
+    return study.Sample({"kl_forward": np.asarray(x, float)}, np.array(methods), "new", ["prior"], {}, {},
+                        np.asarray(groups), tuple(f"seed{g}" for g in sorted(set(groups))))
+
+
+def test_pooled_experiments_use_their_own_pi0_and_pair_only_within_themselves():
+    # two experiments, one checkpoint each of RL and SFT; pi0 prior success 0.9 in one, 0.5 in the other
+    S = {"new": np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]], float),
+         "prior": np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]], float)}
+    B = {"new": np.zeros((2, 4)), "prior": np.array([[1, 1, 1, 1], [1, 1, 0, 0]], float)}
+    sample = study.Sample({"kl_forward": np.arange(4.0)}, np.array(["reinforce", "sft", "reinforce", "sft"]), "new",
+                          ["prior"], S, B, np.array([0, 0, 1, 1]), ("a", "b"))
+    new, prior, forgetting = study.rates(sample)
+    assert forgetting.tolist() == pytest.approx([1 - 0.75, 1 - 0.25, 0.5 - 0.25, 0.5 - 0.5])
+    # new-task success 0.5, 0.5 | 0.5, 0.75: within ±0.25 every RL/SFT pair matches, but only same-pi0 pairs count
+    rl, sft, gap, pairs = study.matched_gap(sample.methods, new, forgetting, 0.25, sample.groups)
+    assert pairs == 2 and gap == pytest.approx(((0.75 - 0.25) + (0.0 - 0.25)) / 2)
+    assert study.matched_gap(sample.methods, new, forgetting, 0.25)[3] == 4  # pooled blindly: cross-pi0 pairs too
+
+
+def test_two_level_bootstrap_carries_the_variation_between_experiments():
+    # 8 experiments (seeds); in each, SFT forgets mu + u_g more than RL at matched success, u_g ~ N(0, 0.1) varies
+    # between seeds and the checkpoints scatter by only 0.005 around it: an interval for mu must come from the seeds
+    mu, g, per, trials = 0.2, 8, 16, 60
+    methods = np.tile(["reinforce"] * per + ["sft"] * per, g)
+    groups = np.repeat(np.arange(g), 2 * per)
+    new = np.tile(np.r_[np.linspace(0.3, 0.9, per), np.linspace(0.3, 0.9, per)], g)
+    rng = np.random.default_rng(0)
+    covered = {"two-level": 0, "one-level": 0}
+    for t in range(trials):
+        u = rng.normal(0, 0.1, g)
+        forgetting = np.where(methods == "sft", mu + u[groups], 0.0) + rng.normal(0, 0.005, len(methods))
+        for name, sample in (("two-level", _no_episodes(methods, groups)),
+                             ("one-level", _no_episodes(methods, np.zeros(len(methods), int)))):
+            gap = study.rl_vs_sft(sample, forgetting, new, n_boot=150, seed=t, tolerance=0.0)["gap"]
+            covered[name] += gap["low"] <= mu <= gap["high"]
+    # resampling checkpoints alone treats 128 SFT checkpoints as independent where there are 8 seeds: its interval
+    # is ~sqrt(8/128) as wide as it should be (coverage ~0.4)
+    assert covered["two-level"] / trials >= 0.75, covered
+    assert covered["one-level"] / trials <= 0.6, covered
