@@ -15,6 +15,8 @@ Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skip
   kl_base          pi0's sampled action tokens and per-token log-probs on `kl_obs` held-out new-task observations
                    (eval/kl.py), saved to kl_base.npz and shared by the online monitor and the offline evaluations
   eval_base        pi0 on the suite (prior tasks + new task)                          -> evals/base/eval.json
+  pi0_window_<lo>_<hi>  (with `pi0_window`) pi0's new-task success must lie in [lo, hi], else the experiment stops
+                   here (Pi0OutOfWindow) before any fine-tuning: RL needs room to improve on the new task
   rft_data         (method rft only) pi0's own sampled episodes on the new task, the successful ones kept as a
                    demo dataset (rejection sampling: the cheapest on-policy data)
   fisher           pi0's diagonal Fisher information of the LoRA-adapted weights on the KL observations
@@ -52,7 +54,7 @@ from rollouts.config import ConfigError
 from rollouts.tracking import WandbMode
 
 RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "pi0_threads", "workers", "ray", "stage_gpus",
-             "wandb", "wandb_project", "wandb_entity", "wandb_mode")
+             "wandb", "wandb_project", "wandb_entity", "wandb_mode", "pi0_window")
 
 METHODS = {
     "reinforce": "REINFORCE + LoRA (rollouts/reinforce.py) as RL's Razor runs it on robots: binary success reward, "
@@ -67,6 +69,10 @@ METHODS = {
 }
 RL_METHODS = ("reinforce", "grpo", "ppo")
 SFT_METHODS = ("sft", "sft+kl", "rft")
+
+
+class Pi0OutOfWindow(ConfigError):
+    """pi0's new-task success lies outside the experiment's `pi0_window`: no fine-tuning was started."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,10 @@ class ExperimentConfig:
     """pi0 batch size."""
     pi0_lr: float = 3e-3
     """pi0 learning rate."""
+    pi0_window: tuple[float, float] | None = None
+    """Fine-tune only if pi0's new-task success (eval_base) lies in [low, high]; outside it the experiment stops
+    before any fine-tuning (a seed whose pi0 already solves the new task leaves RL nothing to learn). None: any pi0.
+    May change on a rerun (the check is then made again)."""
 
     # ---- warm-up (SFT of pi0 on expert demos, merged) ----
     warmup: bool = False
@@ -263,6 +273,10 @@ class ExperimentConfig:
             raise ConfigError("need 1 <= sft_checkpoint_every <= sft_updates")
         if self.warmup and min(self.warmup_steps, self.warmup_batch_size, self.warmup_demos_per_task) < 1:
             raise ConfigError("warm-up needs warmup_steps, warmup_batch_size and warmup_demos_per_task >= 1")
+        if self.pi0_window is not None:
+            self.pi0_window = tuple(self.pi0_window)
+            if len(self.pi0_window) != 2 or not 0 <= self.pi0_window[0] <= self.pi0_window[1] <= 1:
+                raise ConfigError(f"pi0_window must be two success rates 0 <= low <= high <= 1, got {self.pi0_window}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.num_threads < 0 or self.pi0_threads < 0:
@@ -485,6 +499,37 @@ class Experiment:
 
         self.stages.run("eval_base", run)
         return out
+
+    def pi0_new_success(self) -> tuple[int, int]:
+        """(successes, episodes) of pi0 on the new task, from eval_base's record."""
+        task = json.loads((self.dir / "evals" / "base" / "eval.json").read_text())["tasks"][self.cfg.new_task]
+        return task["successes"], task["trials"]
+
+    def pi0_outside_window(self) -> bool:
+        """pi0 has been evaluated and its new-task success lies outside `pi0_window`."""
+        if self.cfg.pi0_window is None or not (self.dir / "evals" / "base" / "eval.json").exists():
+            return False
+        k, n = self.pi0_new_success()
+        return not self.cfg.pi0_window[0] <= k / n <= self.cfg.pi0_window[1]
+
+    @property
+    def window_stage(self) -> str:
+        low, high = self.cfg.pi0_window
+        return f"pi0_window_{low:g}_{high:g}"
+
+    def check_pi0_window(self) -> None:
+        """The `pi0_window` gate (see the module docstring)."""
+        low, high = self.cfg.pi0_window
+
+        def run():
+            k, n = self.pi0_new_success()
+            if not low <= k / n <= high:
+                raise Pi0OutOfWindow(
+                    f"pi0 solved {self.cfg.new_task} {k}/{n} = {k / n:.2f}, outside pi0_window [{low:g}, {high:g}], so "
+                    "no fine-tuning was started: try another --seed or --pi0-new-task-demos, or widen --pi0-window")
+            return {"new_success": k / n, "episodes": n, "window": [low, high]}
+
+        self.stages.run(self.window_stage, run)
 
     def _log_eval_to_wandb(self, rec, out: Path, name: str) -> None:
         """With --wandb, one W&B eval run per evaluation, grouped with the experiment's training runs."""
@@ -743,6 +788,10 @@ class Experiment:
             pi0_after = ("warmup",)
         stages.append(Stage("kl_base", lambda: self.kl_base_path(self.base()), after=pi0_after, **gpu))
         stages.append(Stage("eval_base", lambda: self.eval_base(self.base()), after=pi0_after, **gpu))
+        gate: tuple[str, ...] = ()
+        if cfg.pi0_window is not None:
+            stages.append(Stage(self.window_stage, self.check_pi0_window, after=("eval_base",), cpus=1))
+            gate = (self.window_stage,)
         if cfg.predictors:
             stages.append(Stage("fisher", lambda: self.fisher(self.base(), self.kl_base_path(self.base())),
                                 after=("kl_base",), **gpu))
@@ -751,10 +800,10 @@ class Experiment:
         if cfg.sft_demo_dir is None and methods & {"sft", "sft+kl"} and not any(s.name == sft_demos for s in stages):
             stages.insert(0, Stage(sft_demos, partial(self.demos, cfg.new_task, cfg.sft_demos, cfg.sft_expert)))
         if "rft" in methods:
-            stages.append(Stage("rft_data", lambda: self.rft_data(self.base()), after=pi0_after, **gpu))
+            stages.append(Stage("rft_data", lambda: self.rft_data(self.base()), after=(*pi0_after, *gate), **gpu))
         evals = []
         for name, method, lr in self.runs():
-            after = (*pi0_after, "kl_base")
+            after = (*pi0_after, "kl_base", *gate)
             if method in ("sft", "sft+kl") and cfg.sft_demo_dir is None:
                 after += (sft_demos,)
             if method == "rft":

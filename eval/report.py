@@ -204,9 +204,11 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
 
 
 def write_pooled_report(out_dir: str | Path, exp_dirs: list[str | Path], title: str | None = None,
-                        n_boot: int = 1000) -> Path:
+                        n_boot: int = 1000, left_out: list[dict] = (), window: tuple[float, float] | None = None
+                        ) -> Path:
     """Pool several experiments of one preset (eval.analysis.analyze_pooled; e.g. one per seed) and write
-    out_dir/report.md: the verdicts over all of them, one row per experiment, the predictor table and the plots."""
+    out_dir/report.md: the verdicts over all of them, one row per experiment, the predictor table and the plots.
+    `left_out`: the seeds ({seed, successes, episodes}) whose pi0 fell outside the pi0 `window`."""
     out = Path(out_dir)
     analysis = analyze_pooled(exp_dirs, out / "analysis", n_boot=n_boot)
     study = analysis["study"]
@@ -236,6 +238,9 @@ def write_pooled_report(out_dir: str | Path, exp_dirs: list[str | Path], title: 
            "pi0's new-task success with its Wilson 95% interval.", "",
            _table(["experiment", "seed", "checkpoints", "pi0 new-task success", "pi0 prior success",
                    "SFT − RL at matched success", "forward KL quadratic R²", "best alternative, R²"], rows), ""]
+    if left_out:
+        md += [f"Left out before any fine-tuning, pi0's new-task success outside [{window[0]:g}, {window[1]:g}]: "
+               + "; ".join(f"seed {d['seed']} ({d['successes']}/{d['episodes']})" for d in left_out) + ".", ""]
     if study.get("r2_all"):
         md += ["## Predictors of forgetting, pooled (RL's Razor's Table 1)", "",
                f"All {study['n_all']} fine-tuned checkpoints:", "", r2_table_md(study, "all"), "",

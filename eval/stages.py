@@ -71,7 +71,7 @@ class StageRunner:
                 raise ExperimentMismatch(
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
                     "Rerun with the same settings to resume it, or choose another --run-dir.")
-            self._claimed = True
+            self._claimed = saved == now  # else `claim` records the changed resumable settings for stage processes
         elif not path.exists() and self.dir.is_dir() and any(self.dir.iterdir()):
             raise ExperimentMismatch(f"{self.dir} is not empty and has no {EXPERIMENT_FILE}: not an experiment "
                                      "directory of this tool; choose another --run-dir")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import tyro
 
-from eval.experiment import PRESETS, Experiment, ExperimentConfig
+from eval.experiment import PRESETS, Experiment, ExperimentConfig, Pi0OutOfWindow
+from eval.stages import StageFailed
 from rollouts.config import ConfigError
 from scripts.cli import entry_point
 
@@ -58,19 +59,36 @@ def _split_seeds(args: list[str]) -> tuple[list[str], list[int]]:
 
 
 def run_seeds(cfg: ExperimentConfig, seeds: list[int]) -> Path:
-    """One experiment per seed in <run_dir>/seed_<k> (each resumable on its own), then the pooled report."""
+    """One experiment per seed in <run_dir>/seed_<k> (each resumable on its own), then the pooled report. With
+    `pi0_window`, a seed whose pi0 falls outside it stops before fine-tuning and is left out (the report lists it)."""
     from eval.report import write_pooled_report
 
     root = Path(cfg.run_dir)
     if (root / "experiment.json").exists():
         raise ConfigError(f"{root} holds a single experiment; give the seeds a run directory of their own "
                           "(--run-dir), or pool it with others by scripts/pool.py")
-    dirs = []
+    dirs, left_out = [], []
     for seed in seeds:
-        print(f"[seeds] seed {seed}: {root / f'seed_{seed}'}", flush=True)
-        Experiment(dataclasses.replace(cfg, seed=seed, run_dir=str(root / f"seed_{seed}"))).run_all()
-        dirs.append(root / f"seed_{seed}")
-    return write_pooled_report(root, dirs, title=f"RL's Razor experiment ({cfg.preset}), seeds {seeds} pooled")
+        run_dir = root / f"seed_{seed}"
+        print(f"[seeds] seed {seed}: {run_dir}", flush=True)
+        experiment = Experiment(dataclasses.replace(cfg, seed=seed, run_dir=str(run_dir)))
+        try:
+            experiment.run_all()
+        except (Pi0OutOfWindow, StageFailed):
+            if not experiment.pi0_outside_window():
+                raise
+            k, n = experiment.pi0_new_success()
+            print(f"[seeds] seed {seed}: pi0 solved the new task {k}/{n}, outside --pi0-window {cfg.pi0_window}: "
+                  "left out of the pool", flush=True)
+            left_out.append({"seed": seed, "dir": str(run_dir), "successes": k, "episodes": n})
+            continue
+        dirs.append(run_dir)
+    if len(dirs) < 2:
+        outside = ", ".join(f"seed {d['seed']}: {d['successes']}/{d['episodes']}" for d in left_out)
+        raise ConfigError(f"only {len(dirs)} of seeds {seeds} gave a pi0 inside --pi0-window {cfg.pi0_window} "
+                          f"(outside: {outside}): add seeds (finished ones are kept) to pool at least two")
+    return write_pooled_report(root, dirs, title=f"RL's Razor experiment ({cfg.preset}), seeds {seeds} pooled",
+                               left_out=left_out, window=cfg.pi0_window)
 
 
 @entry_point

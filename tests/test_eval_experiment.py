@@ -89,6 +89,9 @@ def test_bad_experiment_configs(tmp_path):
                                     warmup=True), log=lambda s: None)
     with pytest.raises(ValueError, match="warmup_steps"):
         ExperimentConfig(warmup=True, warmup_steps=0)
+    for window in ((0.6, 0.2), (0.2, 1.5), (0.5,)):
+        with pytest.raises(ValueError, match="pi0_window must be two success rates"):
+            ExperimentConfig(pi0_window=window)
 
 
 def test_failed_check_does_not_block_the_corrected_rerun(tmp_path):
@@ -274,8 +277,14 @@ def test_seeds_run_one_experiment_each_and_pool_them(tmp_path, capsys):
             _split_seeds(bad)
     cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                            methods=("reinforce", "sft"), predictors=False, **MINI)
-    report = run_seeds(cfg, [0, 1])
     run = tmp_path / "run"
+    # with 2 episodes pi0's success is 0, 0.5 or 1: outside [0.2, 0.3] for every seed, so none is fine-tuned
+    with pytest.raises(ConfigError, match=r"only 0 of seeds \[0, 1\] gave a pi0 inside"):
+        run_seeds(dataclasses.replace(cfg, pi0_window=(0.2, 0.3)), [0, 1])
+    assert (run / "seed_1" / "evals" / "base" / "eval.json").exists() and not (run / "seed_1" / "train").exists()
+    # a wider window on the same directories resumes them (pi0 and its evaluation are not redone)
+    report = run_seeds(dataclasses.replace(cfg, pi0_window=(0.0, 1.0)), [0, 1])
+    assert json.loads((run / "seed_0" / "stages" / "pi0_window_0_1.json").read_text())["result"]["window"] == [0, 1]
     for seed in (0, 1):
         saved = json.loads((run / f"seed_{seed}" / "experiment.json").read_text())
         assert saved["seed"] == seed and (run / f"seed_{seed}" / "report.md").exists()

@@ -139,7 +139,8 @@ def test_pooled_report_over_experiments(tmp_path):
         _write_records(d, _synthetic_points(np.random.default_rng(seed)))
         (d / "experiment.json").write_text(json.dumps({"seed": seed, "new_task": "new"}))
         dirs.append(d)
-    report = write_pooled_report(tmp_path / "pooled", dirs, n_boot=50)
+    report = write_pooled_report(tmp_path / "pooled", dirs, n_boot=50, window=(0.2, 0.6),
+                                 left_out=[{"seed": 2, "successes": 14, "episodes": 16}])
     analysis = json.loads((tmp_path / "pooled" / "analysis" / "analysis.json").read_text())
     assert [e["seed"] for e in analysis["experiments"]] == [0, 1]
     assert all(e["checkpoints"] == 12 and e["pi0_new_success"] == 0.3 for e in analysis["experiments"])
@@ -148,6 +149,7 @@ def test_pooled_report_over_experiments(tmp_path):
     assert analysis["study"]["n_all"] == 24 and analysis["study"]["verdicts"]["rl_vs_sft"]["experiments"] == 2
     text = report.read_text()
     assert "## Verdict over the pooled experiments" in text and "| seed_1 | 1 | 12 |" in text
+    assert "outside [0.2, 0.6]: seed 2 (14/16)" in text
     for name in analysis["plots"].values():
         assert f"](analysis/{name})" in text and (tmp_path / "pooled" / "analysis" / name).stat().st_size > 5000
     # experiments of another set-up are not pooled; two directories of one name are refused
