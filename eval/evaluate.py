@@ -81,7 +81,7 @@ def evaluate_checkpoint(policy, suite: Suite, new_task: str | None, out_dir: str
                        videos_per_task=videos_per_task, progress=progress)
     kl = measure(policy, kl_base) if kl_base is not None else fields.pop("kl", None)
     rec = make_record(results, suite, new_task=new_task, base=base_record, kl=kl,
-                      l2_weight=l2_weight, **fields)
+                      l2_weight=l2_weight, meta={"do_sample": do_sample}, **fields)
     rec.wall_s = time.perf_counter() - t0
     save_record(rec, out_dir, overwrite=overwrite)
     return rec

@@ -216,6 +216,9 @@ class ExperimentConfig:
     """Episodes per task per evaluation (>= 75 for claims on SimplerEnv; the quick/cpu presets use fewer)."""
     eval_num_envs: int = 4
     """Parallel envs in evaluations."""
+    eval_sample: bool = False
+    """Evaluate pi0 and every checkpoint by sampling the action tokens (temperature 1, seeded): the policy the RL
+    arms optimize and the distributions the KL measures. False: greedy decoding, as OpenVLA's predict_action."""
     videos_per_task: int = 1
     """Videos of the first K episodes per task (base and final checkpoints only)."""
     kl_obs: int = 16
@@ -320,7 +323,8 @@ class Experiment:
         self.dir = Path(cfg.run_dir)
         self.cache = Path(cfg.cache_dir)
         self._check_tasks()  # before the run directory is touched: a failed check leaves nothing behind
-        self.stages = StageRunner(self.dir, cfg.to_dict(), ignore_keys=RESUMABLE, log=log)
+        self.stages = StageRunner(self.dir, cfg.to_dict(), ignore_keys=RESUMABLE, log=log,
+                                  defaults=dataclasses.asdict(ExperimentConfig()))
 
     # ---- set-up checks ----
     def _check_tasks(self) -> None:
@@ -483,17 +487,15 @@ class Experiment:
         return Path(self.stages.run("kl_base", run)["path"])
 
     def eval_base(self, pi0: str) -> Path:
-        from eval.evaluate import evaluate_checkpoint, load_policy
+        from eval.evaluate import load_policy
 
         out = self.dir / "evals" / "base"
 
         def run():
             policy = load_policy(pi0, n_action_bins=self.cfg.n_action_bins)
-            rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out, unnorm_key=self.cfg.unnorm_key,
-                                      num_envs=self.cfg.eval_num_envs, videos_per_task=self.cfg.videos_per_task,
-                                      progress=self.cfg.progress, overwrite=True, run="base", method="base", step=0,
-                                      checkpoint=pi0,
-                                      kl={"kl_forward": 0.0, "kl_reverse": 0.0, "kl_reverse_is": 0.0, "tv": 0.0})
+            rec = self._evaluate(policy, out, videos_per_task=self.cfg.videos_per_task, run="base", method="base",
+                                 step=0, checkpoint=pi0,
+                                 kl={"kl_forward": 0.0, "kl_reverse": 0.0, "kl_reverse_is": 0.0, "tv": 0.0})
             self._log_eval_to_wandb(rec, out, "eval_base")
             return {"path": str(out), "rates": rec.rates()}
 
@@ -530,6 +532,18 @@ class Experiment:
             return {"new_success": k / n, "episodes": n, "window": [low, high]}
 
         self.stages.run(self.window_stage, run)
+
+    def _evaluate(self, policy, out: Path, **fields):
+        """`policy` on the suite (eval/evaluate.py's evaluate_checkpoint), greedy or sampled (`eval_sample`)."""
+        import torch
+
+        from eval.evaluate import evaluate_checkpoint
+
+        if self.cfg.eval_sample:
+            torch.manual_seed(self.cfg.seed)  # the actor samples from torch's global generator: reproducible
+        return evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out, unnorm_key=self.cfg.unnorm_key,
+                                   num_envs=self.cfg.eval_num_envs, do_sample=self.cfg.eval_sample, overwrite=True,
+                                   progress=self.cfg.progress, **fields)
 
     def _log_eval_to_wandb(self, rec, out: Path, name: str) -> None:
         """With --wandb, one W&B eval run per evaluation, grouped with the experiment's training runs."""
@@ -689,7 +703,7 @@ class Experiment:
 
     def eval_checkpoint(self, name: str, method: str, lr: float, step: int) -> Path:
         """One checkpoint of run `name` on the suite, with the comparison to pi0, KL and weight distance."""
-        from eval.evaluate import evaluate_checkpoint, load_policy
+        from eval.evaluate import load_policy
         from eval.kl import load_base_samples
         from eval.suite import EvalRecord
         from rollouts.checkpoint import CHECKPOINTS, checkpoint_name
@@ -704,13 +718,10 @@ class Experiment:
                 raise FileNotFoundError(f"checkpoint {ck} does not exist: train_{name} has not written it")
             pi0 = self.base()
             policy = load_policy(pi0, ck / ADAPTER_DIR, n_action_bins=self.cfg.n_action_bins)
-            rec = evaluate_checkpoint(policy, self.suite(), self.cfg.new_task, out,
-                                      base_record=EvalRecord.load(self.dir / "evals" / "base"),
-                                      kl_base=load_base_samples(self.kl_base_path(pi0)),
-                                      unnorm_key=self.cfg.unnorm_key, num_envs=self.cfg.eval_num_envs,
-                                      videos_per_task=self.cfg.videos_per_task if last else 0, overwrite=True,
-                                      progress=self.cfg.progress,
-                                      run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
+            rec = self._evaluate(policy, out, base_record=EvalRecord.load(self.dir / "evals" / "base"),
+                                 kl_base=load_base_samples(self.kl_base_path(pi0)),
+                                 videos_per_task=self.cfg.videos_per_task if last else 0,
+                                 run=name, method=method, lr=lr, step=step, checkpoint=str(ck))
             self._log_eval_to_wandb(rec, out, f"eval_{name}_step{step:06d}")
             return {"path": str(out), "new_success": rec.tasks[self.cfg.new_task]["rate"],
                     "avg_forgetting": (rec.comparison or {}).get("avg_forgetting"),

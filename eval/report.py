@@ -193,7 +193,9 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
 
     md += ["## Definitions", "",
            "- success: an episode counts if `info['success']` was true at any step (success_once); "
-           "interval: Wilson 95%.",
+           "interval: Wilson 95%. Actions: "
+           + ("sampled (temperature 1, seeded)" if (config or {}).get("eval_sample") else "greedy (the most likely bin "
+              "of every action token)") + " in every evaluation.",
            "- forgetting: base success − fine-tuned success, averaged over the prior (retained-skill) tasks.",
            "- forward KL: E over held-out new-task observations of KL(pi0(·|o) || pi(·|o)) over the 7 action tokens "
            "(chain rule: tokens sampled from pi0, exact per-token KL summed); reverse KL and TV from the same passes "

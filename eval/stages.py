@@ -54,8 +54,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 class StageRunner:
     """Runs named stages once per run directory (see the module docstring)."""
 
-    def __init__(self, run_dir: str | Path, config: dict, ignore_keys: tuple[str, ...] = (), log=print):
-        """`config` must be JSON-serialisable; keys in `ignore_keys` may differ on a rerun (e.g. progress bars)."""
+    def __init__(self, run_dir: str | Path, config: dict, ignore_keys: tuple[str, ...] = (), log=print,
+                 defaults: dict | None = None):
+        """`config` must be JSON-serialisable; keys in `ignore_keys` may differ on a rerun (e.g. progress bars).
+        `defaults`: a key the saved config lacks (a setting added after the directory was made) counts as saved at
+        its default, which is what the run used."""
         self.dir = Path(run_dir)
         self.log = log
         check_writable_dir(self.dir)
@@ -63,7 +66,7 @@ class StageRunner:
         now = self.config = _normal(config)
         self._claimed = False
         if path.exists() and (self.dir / STAGES_DIR).is_dir() and any((self.dir / STAGES_DIR).glob("*.json")):
-            saved = json.loads(path.read_text())
+            saved = {**_normal({k: v for k, v in (defaults or {}).items() if k in now}), **json.loads(path.read_text())}
             diffs = [f"{k}: saved {saved.get(k, '<missing>')!r} != now {now.get(k, '<missing>')!r}"
                      for k in sorted(set(saved) | set(now))
                      if k not in ignore_keys and saved.get(k, "<missing>") != now.get(k, "<missing>")]

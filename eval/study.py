@@ -29,7 +29,8 @@ episodes, K prior tasks); the interval is +-1.96 SE. `episodes_for_se` inverts i
 
 Pareto filter (RL's Razor's robotics protocol): over all fine-tuned checkpoints, the frontier value at new-task
 success s is the best prior-task success of any checkpoint with new-task success >= s; a checkpoint is kept
-when its prior-task success is within `tolerance` (2 points = 0.02) of the frontier value at its own s.
+when its prior-task success is within `tolerance` (2 points = 0.02) of the frontier value at its own s. Pooled
+experiments each have their own frontier (eval/analysis.py's `study_points`): their pi0s differ.
 """
 
 from __future__ import annotations

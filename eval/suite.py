@@ -542,6 +542,10 @@ def check_same_tasks(base: EvalRecord, rec: EvalRecord) -> None:
             raise ValueError(f"task {t!r}: base and checkpoint were evaluated with different reset seeds")
     if base.new_task != rec.new_task:
         raise ValueError(f"base record's new task is {base.new_task!r}, this one's {rec.new_task!r}")
+    modes = [("sampled" if r.meta.get("do_sample") else "greedy") for r in (base, rec)]
+    if modes[0] != modes[1]:
+        raise ValueError(f"the base was evaluated with {modes[0]} actions, this checkpoint with {modes[1]}: compare "
+                         "evaluations made the same way")
 
 
 CSV_COLUMNS = ["task", "role", "successes", "trials", "rate", "ci_low", "ci_high", "mean_episode_len",

@@ -48,6 +48,7 @@ def test_mini_experiment_produces_every_artifact_and_resumes(tmp_path):
         online = [json.loads(l) for l in (run / "train" / f"{m}_lr0.0003_kl.jsonl").read_text().splitlines()]
         assert online[-1]["eval/kl_forward"] == pytest.approx(rec["kl"]["kl_forward"], rel=1e-6, abs=1e-9)
     assert list((run / "evals" / "base" / "videos").glob("*.mp4")) and "videos/" in text
+    assert not json.loads((run / "evals" / "base" / "eval.json").read_text())["meta"]["do_sample"]  # greedy default
     assert set(json.loads((run / "timings.json").read_text())) >= {"pi0", "eval_base", "kl_base", "report"}
     for m in methods:
         trained = json.loads((run / "stages" / f"train_{m}_lr0.0003.json").read_text())["result"]["config"]
@@ -276,7 +277,7 @@ def test_seeds_run_one_experiment_each_and_pool_them(tmp_path, capsys):
         with pytest.raises(ConfigError, match="--seeds"):
             _split_seeds(bad)
     cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                           methods=("reinforce", "sft"), predictors=False, **MINI)
+                           methods=("reinforce", "sft"), predictors=False, eval_sample=True, **MINI)
     run = tmp_path / "run"
     # with 2 episodes pi0's success is 0, 0.5 or 1: outside [0.2, 0.3] for every seed, so none is fine-tuned
     with pytest.raises(ConfigError, match=r"only 0 of seeds \[0, 1\] gave a pi0 inside"):
@@ -285,6 +286,8 @@ def test_seeds_run_one_experiment_each_and_pool_them(tmp_path, capsys):
     # a wider window on the same directories resumes them (pi0 and its evaluation are not redone)
     report = run_seeds(dataclasses.replace(cfg, pi0_window=(0.0, 1.0)), [0, 1])
     assert json.loads((run / "seed_0" / "stages" / "pi0_window_0_1.json").read_text())["result"]["window"] == [0, 1]
+    # ... and records the changed window where stage processes (--workers, Ray) read the config
+    assert json.loads((run / "seed_0" / "experiment.json").read_text())["pi0_window"] == [0.0, 1.0]
     for seed in (0, 1):
         saved = json.loads((run / f"seed_{seed}" / "experiment.json").read_text())
         assert saved["seed"] == seed and (run / f"seed_{seed}" / "report.md").exists()
@@ -294,6 +297,16 @@ def test_seeds_run_one_experiment_each_and_pool_them(tmp_path, capsys):
     assert [e["seed"] for e in analysis["experiments"]] == [0, 1] and analysis["study"]["n_all"] == 8
     text = report.read_text()
     assert "seeds [0, 1] pooled" in text and "(seed_0/report.md)" in text
+    # every evaluation sampled its actions (eval_sample), and says so; a greedy base does not compare with them
+    from eval.suite import EvalRecord, check_same_tasks
+
+    base = EvalRecord.load(run / "seed_0" / "evals" / "base")
+    tuned = EvalRecord.load(run / "seed_0" / "evals" / "sft_lr0.0003" / "step_000002")
+    assert base.meta["do_sample"] and tuned.meta["do_sample"]
+    assert "Actions: sampled" in (run / "seed_0" / "report.md").read_text()
+    base.meta["do_sample"] = False
+    with pytest.raises(ValueError, match="greedy actions, this checkpoint with sampled"):
+        check_same_tasks(base, tuned)
     # a directory holding one experiment is not a place for the seeds' directories
     with pytest.raises(ConfigError, match="single experiment"):
         run_seeds(dataclasses.replace(cfg, run_dir=str(run / "seed_0")), [0, 1])

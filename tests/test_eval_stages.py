@@ -36,6 +36,14 @@ def test_other_config_or_foreign_dir_refused(tmp_path):
         StageRunner(tmp_path / "other", {"a": 1}, log=lambda *_: None)
 
 
+def test_a_setting_added_later_resumes_at_its_default_only(tmp_path):
+    StageRunner(tmp_path / "exp", {"a": 1}, log=lambda *_: None).run("one", lambda: 1)  # made before "b" existed
+    defaults = {"a": 0, "b": False}
+    assert StageRunner(tmp_path / "exp", {"a": 1, "b": False}, defaults=defaults, log=lambda *_: None).done("one")
+    with pytest.raises(ExperimentMismatch, match="b: saved False != now True"):
+        StageRunner(tmp_path / "exp", {"a": 1, "b": True}, defaults=defaults, log=lambda *_: None)
+
+
 def test_a_start_that_finished_no_stage_claims_nothing(tmp_path):
     StageRunner(tmp_path / "exp", {"a": 1}, log=lambda *_: None)  # e.g. the driver's checks failed after this
     assert not (tmp_path / "exp" / "experiment.json").exists()
