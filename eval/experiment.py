@@ -917,9 +917,10 @@ PRESETS: dict[str, ExperimentConfig] = {
         sft_expert="envs.toy:ParityOneSolutionExpert", sft_kl_coef=0.1, rft_episodes=128, eval_episodes=200,
         eval_num_envs=1, videos_per_task=0, kl_obs=64, kl_samples_per_obs=2),
     # the main CPU job: tiny VLA, Meta-World at 64 px, pi0 by behaviour cloning on 3 prior skills plus one demo of
-    # the new task, button-press (pi0 solved it 1/16 to 10/16 with one demo over seeds, float rounding and render
-    # versions, and 16/16 with four, leaving REINFORCE nothing to learn). REINFORCE at 3e-4 moved forward KL by 0.01
-    # nats in 24 updates, so its sweep is 1e-3 and 3e-3, set before the runs the README reports.
+    # the new task, button-press (pi0 solved it 1/16 to 14/16 with one demo over seeds, float rounding and render
+    # versions, and 16/16 with four, leaving REINFORCE nothing to learn; `--seeds ... --pi0-window 0.2 0.6` screens
+    # seeds). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set
+    # before the runs the README reports.
     # 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Two stages at a time (x1.16 over one at a time on 2 cores, the
     # first version's settings). Measured wall time on the 2-core machine: see the README.
     "cpu": ExperimentConfig(
