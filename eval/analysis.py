@@ -494,7 +494,6 @@ def analyze_pooled(exp_dirs: list[str | Path], out_dir: str | Path, n_boot: int 
     if len(dirs) < 2 or len(set(names)) < len(names):
         raise ValueError(f"pool at least two experiment directories with distinct names, got {[str(d) for d in dirs]}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     points, experiments = [], []
     for d, name in zip(dirs, names):
         mine = collect_points(d / "evals" if (d / "evals").is_dir() else d, replicate=name)
@@ -521,7 +520,8 @@ def analyze_pooled(exp_dirs: list[str | Path], out_dir: str | Path, n_boot: int 
             "rl_vs_sft_gap": gap, "rl_vs_sft_pairs": pairs,
             "report": str(d / "report.md") if (d / "report.md").exists() else None})
         points += mine
-    result_study, near = study_points(points, n_boot, seed)
+    result_study, near = study_points(points, n_boot, seed)  # refuses experiments of another set-up
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused pool leaves nothing behind
     tuned = [p for p in points if p.method != BASE_METHOD]
     result_study["one_curve_across_experiments"] = study.chow_test(
         np.array([p.kl_forward for p in tuned]), np.array([p.forgetting for p in tuned]),

@@ -525,7 +525,7 @@ class Experiment:
 
         def run():
             k, n = self.pi0_new_success()
-            if not low <= k / n <= high:
+            if self.pi0_outside_window():
                 raise Pi0OutOfWindow(
                     f"pi0 solved {self.cfg.new_task} {k}/{n} = {k / n:.2f}, outside pi0_window [{low:g}, {high:g}], so "
                     "no fine-tuning was started: try another --seed or --pi0-new-task-demos, or widen --pi0-window")

@@ -147,11 +147,6 @@ class Sample:
     def n_replicates(self) -> int:
         return len(self.replicates)
 
-    def subset(self, mask: np.ndarray) -> "Sample":
-        """The checkpoints where `mask` is true (every experiment's pi0 kept)."""
-        return Sample({k: v[mask] for k, v in self.X.items()}, self.methods[mask], self.new_task, self.prior_tasks,
-                      {t: s[mask] for t, s in self.S.items()}, self.B, self.groups[mask], self.replicates)
-
 
 def rates(sample: Sample, weights: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(new-task success, prior-task success, forgetting), each [n], from the episodes, forgetting against each

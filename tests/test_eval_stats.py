@@ -163,3 +163,6 @@ def test_pooled_report_over_experiments(tmp_path):
         write_pooled_report(tmp_path / "bad", [dirs[0], other], n_boot=10)
     with pytest.raises(ValueError, match="distinct names"):
         write_pooled_report(tmp_path / "bad", [dirs[0], dirs[0]], n_boot=10)
+    with pytest.raises(FileNotFoundError, match="run its experiment first"):
+        write_pooled_report(tmp_path / "bad", [dirs[0], tmp_path / "missing"], n_boot=10)
+    assert not (tmp_path / "bad").exists()  # a refused pool leaves nothing behind
