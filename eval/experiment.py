@@ -922,7 +922,9 @@ PRESETS: dict[str, ExperimentConfig] = {
     # seeds). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set
     # before the runs the README reports. REINFORCE draws 16 episodes from 8 initial states per update: with 8 from
     # 2 (the first setting) the initial state decided the outcome, 8-18 of 24 updates had no gradient (all
-    # successes or all failures) and REINFORCE did not improve on pi0 (README, "Measured").
+    # successes or all failures) and REINFORCE did not improve on pi0 (README, "Measured"). Its update runs in 8
+    # micro-batches (<= 300 samples): one backward over a whole batch's ~1,800 steps ran at 64-69 samples/s on one
+    # thread, 4-8 micro-batches at 235-250 (scripts/bench_rollouts.py --sections microbatch).
     # 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Two stages at a time (x1.16 over one at a time on 2 cores, the
     # first version's settings). Measured wall time on the 2-core machine: see the README.
     "cpu": ExperimentConfig(
@@ -930,8 +932,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
         new_task="metaworld/button-press", demos_per_task=30, pi0_new_task_demos=1, pi0_steps=1500,
         pi0_batch_size=64, pi0_lr=1e-3, methods=("reinforce", "sft"), reinforce_lrs=(1e-3, 3e-3),
-        rl_batch_sizes=(16,), rl_trajectories_per_state=2, ppo_lrs=(3e-4, 1e-3), sft_lrs=(1e-3, 3e-3),
-        lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150,
+        rl_batch_sizes=(16,), rl_trajectories_per_state=2, rl_grad_accum_steps=8, ppo_lrs=(3e-4, 1e-3),
+        sft_lrs=(1e-3, 3e-3), lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150,
         ppo_minibatches=4, ppo_epochs=2, ppo_reward="dense", sft_updates=360, sft_checkpoint_every=60, sft_demos=30,
         sft_batch_sizes=(32,), rft_episodes=32, eval_episodes=16, eval_num_envs=10, videos_per_task=2, kl_obs=32,
         kl_samples_per_obs=2, workers=2),
@@ -945,7 +947,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         pi0_batch_size=64, pi0_lr=1e-3, methods=("reinforce", "grpo", "ppo", "sft", "sft+kl", "rft"),
         reinforce_lrs=(1e-4, 3e-4, 1e-3), grpo_lrs=(1e-4, 3e-4, 1e-3), ppo_lrs=(1e-4, 3e-4, 1e-3),
         sft_lrs=(3e-4, 1e-3, 3e-3), rft_lrs=(3e-4, 1e-3, 3e-3), rl_batch_sizes=(16, 32), rl_trajectories_per_state=2,
-        sft_batch_sizes=(16, 32), lr_warmup_updates=2, lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4,
+        rl_grad_accum_steps=16, sft_batch_sizes=(16, 32), lr_warmup_updates=2, lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4,
         ppo_num_envs=8, ppo_num_steps=150, ppo_minibatches=4, ppo_epochs=2, ppo_reward="sparse", sft_updates=360,
         sft_checkpoint_every=60, sft_demos=30, rft_episodes=64, eval_episodes=192, eval_num_envs=8,
         videos_per_task=1, kl_obs=64, kl_samples_per_obs=2),
