@@ -22,8 +22,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -158,10 +161,29 @@ class Launcher(Protocol):
     def stop(self, handle: Any) -> None: ...
 
 
+@contextmanager
+def exit_on_sigterm():
+    """SIGTERM (`kill`, a scheduler's stop) exits through SystemExit(143) instead of ending the process on the spot,
+    so that `finally` blocks run: the graph stops the stages it started, a stage closes its env workers."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _quiet_exit(fn: Callable, args: tuple, kwargs: dict) -> None:
     """A stage process's body: a failure exits with status 1; `fn` has already written its traceback to the log."""
     try:
-        fn(*args, **kwargs)
+        with exit_on_sigterm():
+            fn(*args, **kwargs)
     except Exception:
         sys.exit(1)
 
@@ -280,56 +302,59 @@ def run_graph(stages: list[Stage], runner: StageRunner, launcher: Launcher | Non
                 return dep
         return None
 
-    try:
-        while pending or running:
-            for name, (handle, t0) in list(running.items()):
-                ok = launcher.poll(handle)
-                if ok is None:
-                    continue
-                del running[name]
-                if ok and runner.done(name):
-                    done.add(name)
-                    log(f"[graph] {name}: done in {time.perf_counter() - t0:.0f}s ({len(done)}/{len(stages)})")
-                else:
-                    path = logs / f"{name}.log"
-                    failed[name] = "failed" if ok is False else "ended without recording its result"
-                    log(f"[graph] {name}: {failed[name]}; log {path}, its end:\n{_log_tail(path)}")
-            for stage in list(pending):
-                dep = blocked_by(stage)
-                producer_ended = stage.producer in done or stage.producer in failed
-                if dep is None and stage.needs and producer_ended and not all(p.exists() for p in stage.needs):
-                    dep = stage.producer
-                    failed[stage.name] = f"{stage.producer} ended without writing {[str(p) for p in stage.needs]}"
-                    log(f"[graph] {stage.name}: {failed[stage.name]}")
-                    pending.remove(stage)
-                    continue
-                if dep is not None:
-                    failed.setdefault(stage.name, f"skipped: {dep} failed")
-                    log(f"[graph] {stage.name}: skipped ({dep} failed)")
-                    pending.remove(stage)
-                    continue
-                if len(running) >= workers:
-                    break
-                if all(d in done for d in stage.after) and all(p.exists() for p in stage.needs):
-                    path = logs / f"{stage.name}.log"
-                    log(f"[graph] {stage.name}: started (log {path})")
-                    running[stage.name] = (launcher.start(stage, path), time.perf_counter())
-                    pending.remove(stage)
-            if pending and not running:
-                raise RuntimeError(f"stage graph cannot proceed: {[s.name for s in pending]} wait for stages or "
-                                   "files that never come")
-            now = time.perf_counter()
-            if running and now - last_progress >= progress_every_s:
-                last_progress = now
-                log(f"[graph] {len(done)}/{len(stages)} done, {len(running)} running, "
-                    f"{len(pending)} waiting, {(now - t_start) / 60:.1f} min")
-                for name in running:
-                    log(f"  {name}: {_progress_line(logs / f'{name}.log')}")
-            time.sleep(poll_s)
-    finally:
-        for handle, _ in running.values():
-            launcher.stop(handle)
-        runner._write_timings()
+    with exit_on_sigterm():  # a killed run stops its stages (the finally below)
+        try:
+            while pending or running:
+                for name, (handle, t0) in list(running.items()):
+                    ok = launcher.poll(handle)
+                    if ok is None:
+                        continue
+                    del running[name]
+                    if ok and runner.done(name):
+                        done.add(name)
+                        log(f"[graph] {name}: done in {time.perf_counter() - t0:.0f}s ({len(done)}/{len(stages)})")
+                    else:
+                        path = logs / f"{name}.log"
+                        failed[name] = "failed" if ok is False else "ended without recording its result"
+                        log(f"[graph] {name}: {failed[name]}; log {path}, its end:\n{_log_tail(path)}")
+                for stage in list(pending):
+                    dep = blocked_by(stage)
+                    producer_ended = stage.producer in done or stage.producer in failed
+                    if dep is None and stage.needs and producer_ended and not all(p.exists() for p in stage.needs):
+                        dep = stage.producer
+                        failed[stage.name] = f"{stage.producer} ended without writing {[str(p) for p in stage.needs]}"
+                        log(f"[graph] {stage.name}: {failed[stage.name]}")
+                        pending.remove(stage)
+                        continue
+                    if dep is not None:
+                        failed.setdefault(stage.name, f"skipped: {dep} failed")
+                        log(f"[graph] {stage.name}: skipped ({dep} failed)")
+                        pending.remove(stage)
+                        continue
+                    if len(running) >= workers:
+                        break
+                    if all(d in done for d in stage.after) and all(p.exists() for p in stage.needs):
+                        path = logs / f"{stage.name}.log"
+                        log(f"[graph] {stage.name}: started (log {path})")
+                        running[stage.name] = (launcher.start(stage, path), time.perf_counter())
+                        pending.remove(stage)
+                if pending and not running:
+                    raise RuntimeError(f"stage graph cannot proceed: {[s.name for s in pending]} wait for stages or "
+                                       "files that never come")
+                now = time.perf_counter()
+                if running and now - last_progress >= progress_every_s:
+                    last_progress = now
+                    log(f"[graph] {len(done)}/{len(stages)} done, {len(running)} running, "
+                        f"{len(pending)} waiting, {(now - t_start) / 60:.1f} min")
+                    for name in running:
+                        log(f"  {name}: {_progress_line(logs / f'{name}.log')}")
+                time.sleep(poll_s)
+        finally:
+            if running:
+                log(f"[graph] stopping {', '.join(running)}")
+            for handle, _ in running.values():
+                launcher.stop(handle)
+            runner._write_timings()
     if failed:
         lines = "\n".join(f"  {n}: {why}" + ("" if why.startswith("skipped") else f" (log {logs / (n + '.log')})")
                           for n, why in failed.items())

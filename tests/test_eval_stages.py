@@ -1,6 +1,12 @@
 """eval/stages.py: finished stages are skipped on a rerun; another config's directory is refused."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +68,65 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="file/exp lies under .*file, which is a file"):
         StageRunner(tmp_path / "file" / "exp", {"a": 1}, log=lambda *_: None)
+
+
+def sleeping_stage(run_dir: str, stage: str, threads: int, log_path: str, pid_file: str) -> None:
+    """A stage process that starts a child (as a stage starts env workers), stops it in `finally`, and waits."""
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["sleep", "120"])
+    try:
+        Path(pid_file).write_text(f"{os.getpid()} {child.pid}")
+        time.sleep(120)
+    finally:
+        child.kill()
+
+
+GRAPH_SCRIPT = """
+import sys
+from pathlib import Path
+from eval.stages import ProcessLauncher, Stage, StageRunner, run_graph
+from tests.test_eval_stages import sleeping_stage
+run_dir, pid_file = Path(sys.argv[1]), sys.argv[2]
+runner = StageRunner(run_dir, {})
+launcher = ProcessLauncher(sleeping_stage, run_dir, threads=1, task_kwargs={"pid_file": pid_file})
+run_graph([Stage("sleep", lambda: None)], runner, launcher, poll_s=0.1)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) counts as gone
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_killed_graph_stops_its_stages_and_their_children(tmp_path):
+    """`kill <pid>` of a running experiment (SIGTERM) stops the stage processes it started, and each stage's
+    `finally` runs (its children stopped): nothing is left running."""
+    pid_file = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-c", GRAPH_SCRIPT, str(tmp_path / "exp"), str(pid_file)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or len(pid_file.read_text().split()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    stage_pid, child_pid = map(int, pid_file.read_text().split())
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)  # the stage holds the pipe: this waits for it as well
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        assert "[graph] stopping sleep" in out
+        deadline = time.monotonic() + 30
+        while (_alive(stage_pid) or _alive(child_pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(stage_pid) and not _alive(child_pid)
+    finally:  # a failure here leaves nothing behind either
+        for pid in (proc.pid, stage_pid, child_pid):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not (tmp_path / "exp" / "stages" / "sleep.json").exists()
