@@ -15,6 +15,11 @@ once per rollout while the vision backbone and projector are frozen). One real r
 rollouts.ppo.ppo_update runs on it alternately without and with the cache (--cache-epochs epochs each), so machine
 load hits both alike; samples per CPU second of the process.
 
+Part 1c, measured: a policy-gradient update's samples per CPU second against the number of micro-batches it is
+split into (gradients accumulated, as rollouts/reinforce.py's grad_accum_steps): --microbatch-samples samples
+(random 64 px images and action tokens; the cost does not depend on their content) through the preset's VLA with a
+LoRA r=16 adapter on the LM, forward + backward, alternating the splits so that machine load hits all alike.
+
 Part 2, computed: memory of the openvla-7b-a100 PPO preset on one GPU, per component (rollouts/budget.py: the
 real architecture built on the meta device, LoRA counts from peft, the preset's batch sizes).
 """
@@ -122,6 +127,37 @@ def vision_cache_update(preset: str, task: str, num_envs: int, num_steps: int, e
             "with": samples / seconds[True]}  # fmt: skip
 
 
+def microbatch_update(preset: str, samples: int, splits: list[int], repeats: int) -> dict[int, float]:
+    """Policy-gradient forward + backward samples per CPU second for each number of micro-batches (part 1c)."""
+    import numpy as np
+    import torch
+
+    from vla.lora import LoraSettings
+    from vla.policy import VLAPolicy
+
+    torch.set_num_threads(1)
+    policy = VLAPolicy.from_pretrained(preset, seed=0)
+    policy.add_lora(LoraSettings(r=16, alpha=16))
+    policy.train()
+    rng = np.random.default_rng(0)
+    size = preset_config(preset).image_size
+    images = rng.integers(0, 256, (samples, size, size, 3), dtype=np.uint8)
+    instructions = ["press the button"] * samples
+    first, end = policy.vla.action_token_offset, policy.vla.config.base_vocab_size  # any valid tokens cost the same
+    tokens = torch.randint(first, end, (samples, 7), generator=torch.Generator().manual_seed(0))
+    seconds = dict.fromkeys(splits, 0.0)
+    for i in range(repeats + 1):  # the first round warms up
+        for k in splits:
+            start = time.process_time()
+            for idx in torch.tensor_split(torch.arange(samples), k):
+                batch = policy.preprocess(images[idx.numpy()], [instructions[j] for j in idx.tolist()])
+                scores = policy.evaluate_actions(batch, tokens[idx], temperature=1.0)
+                (scores.log_probs.sum(-1).mean() * len(idx) / samples).backward()
+            seconds[k] += (time.process_time() - start) if i else 0.0
+    policy.zero_grad(set_to_none=True)
+    return {k: samples * repeats / seconds[k] for k in splits}
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -133,10 +169,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-epochs", type=int, default=4, help="PPO epochs per update in part 1b")
     parser.add_argument("--cache-repeats", type=int, default=2, help="timed updates per variant in part 1b")
     parser.add_argument("--vision-cache-only", action="store_true", help="run part 1b only")
+    parser.add_argument("--microbatch-samples", type=int, default=1800,
+                        help="samples of part 1c's update (~ a cpu-preset REINFORCE batch: 16 episodes x ~110 steps)")
+    parser.add_argument("--microbatch-splits", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--microbatch-only", action="store_true", help="run part 1c only")
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    print(f"== measured on this CPU: PPO update samples per CPU second without -> with cached vision features, "
+    print(f"== measured on this CPU: policy-gradient update samples per CPU second by micro-batches, "
+          f"{args.microbatch_samples} samples, LoRA r=16, one thread ==")
+    microbatch = {}
+    for preset in args.presets:
+        microbatch[preset] = microbatch_update(preset, args.microbatch_samples, args.microbatch_splits, repeats=1)
+        print(f"{preset:<6} " + "   ".join(f"{k:>2} x {args.microbatch_samples // k:>5}: {v:>6.1f}"
+                                            for k, v in microbatch[preset].items()))
+    if args.microbatch_only:
+        return
+
+    print(f"\n== measured on this CPU: PPO update samples per CPU second without -> with cached vision features, "
           f"{args.num_envs} envs x {args.num_steps} steps, {args.cache_epochs} epochs, 4 minibatches, "
           f"{args.cache_repeats} updates each ==")
     cache_results = []
@@ -167,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     print("  the rollout (uint8 images, log-probs, pi0 distributions) is kept in host memory")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"measured": results, "vision_cache": cache_results, "budget_7b": [r.__dict__ for r in budget]}, indent=2)
+            json.dumps({"measured": results, "vision_cache": cache_results, "microbatch": microbatch, "budget_7b": [r.__dict__ for r in budget]}, indent=2)
         )
 
 
