@@ -7,7 +7,8 @@ A whole experiment is a graph of `Stage`s (what each waits for: finished stages,
 `run_graph` runs it in this process one stage at a time, or up to N stages at once in worker processes
 (`ProcessLauncher`), or as Ray tasks with CPU/GPU needs (`RayLauncher`). Workers record their stages exactly as the
 inline run does, so resuming works the same in all three modes; a failed stage keeps its log (<run_dir>/logs/)
-and only the stages that depend on it are skipped.
+and only the stages that depend on it are skipped. A graph stopped by Ctrl-C or SIGTERM stops the stages it
+started (whose own cleanup runs: a training stage closes its env workers) before it exits.
 
 Layout: <run_dir>/experiment.json holds the config that made the directory, written when its first stage starts
 (a start that fails its checks claims nothing; while no stage has finished, a rerun may change the config);
