@@ -289,6 +289,11 @@ class ExperimentConfig:
             raise ConfigError("ppo_num_envs * ppo_num_steps must be divisible by ppo_minibatches")
         if min(self.rl_grad_accum_steps, self.sft_grad_accum_steps) < 1:
             raise ConfigError("rl_grad_accum_steps and sft_grad_accum_steps must be >= 1")
+        minibatch = self.ppo_num_envs * self.ppo_num_steps // self.ppo_minibatches
+        if "ppo" in self.methods and minibatch % self.rl_grad_accum_steps:
+            raise ConfigError(f"rl_grad_accum_steps={self.rl_grad_accum_steps} must divide PPO's minibatch of "
+                              f"{minibatch} samples (ppo_num_envs x ppo_num_steps / ppo_minibatches): choose a "
+                              "divisor with --rl-grad-accum-steps")
         sft_batches = self.sft_batch_sizes + ((self.warmup_batch_size,) if self.warmup else ())
         if any(b % self.sft_grad_accum_steps for b in sft_batches):
             raise ConfigError(f"sft_grad_accum_steps={self.sft_grad_accum_steps} must divide every SFT / warm-up "
@@ -923,7 +928,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     # before the runs the README reports. REINFORCE draws 16 episodes from 8 initial states per update: with 8 from
     # 2 (the first setting) the initial state decided the outcome, 8-18 of 24 updates had no gradient (all
     # successes or all failures) and REINFORCE did not improve on pi0 (README, "Measured"). Its update runs in 8
-    # micro-batches (<= 300 samples): one backward over a whole batch's ~1,800 steps ran at 64-69 samples/s on one
+    # micro-batches (~110-300 samples): one backward over a whole batch's ~1,800 steps ran at 64-69 samples/s on one
     # thread, 4-8 micro-batches at 235-250 (scripts/bench_rollouts.py --sections microbatch).
     # 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Two stages at a time (x1.16 over one at a time on 2 cores, the
     # first version's settings). Measured wall time on the 2-core machine: see the README.
@@ -947,7 +952,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         pi0_batch_size=64, pi0_lr=1e-3, methods=("reinforce", "grpo", "ppo", "sft", "sft+kl", "rft"),
         reinforce_lrs=(1e-4, 3e-4, 1e-3), grpo_lrs=(1e-4, 3e-4, 1e-3), ppo_lrs=(1e-4, 3e-4, 1e-3),
         sft_lrs=(3e-4, 1e-3, 3e-3), rft_lrs=(3e-4, 1e-3, 3e-3), rl_batch_sizes=(16, 32), rl_trajectories_per_state=2,
-        rl_grad_accum_steps=16, sft_batch_sizes=(16, 32), lr_warmup_updates=2, lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4,
+        rl_grad_accum_steps=12, sft_batch_sizes=(16, 32), lr_warmup_updates=2, lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4,
         ppo_num_envs=8, ppo_num_steps=150, ppo_minibatches=4, ppo_epochs=2, ppo_reward="sparse", sft_updates=360,
         sft_checkpoint_every=60, sft_demos=30, rft_episodes=64, eval_episodes=192, eval_num_envs=8,
         videos_per_task=1, kl_obs=64, kl_samples_per_obs=2),

@@ -78,6 +78,11 @@ def test_bad_experiment_configs(tmp_path):
         ExperimentConfig(pi0_threads=-1)
     with pytest.raises(ValueError, match="sft_grad_accum_steps=3 must divide"):
         ExperimentConfig(sft_batch_sizes=(16, 32), sft_grad_accum_steps=3)
+    ppo = dict(methods=("ppo",), ppo_num_envs=8, ppo_num_steps=150, ppo_minibatches=4)  # minibatch 300
+    with pytest.raises(ValueError, match="rl_grad_accum_steps=8 must divide PPO's minibatch of 300"):
+        ExperimentConfig(**ppo, rl_grad_accum_steps=8)
+    ExperimentConfig(**ppo, rl_grad_accum_steps=6)
+    ExperimentConfig(**{**ppo, "methods": ("reinforce",)}, rl_grad_accum_steps=8)  # no PPO run: no constraint
     with pytest.raises(KeyError, match="toy/reach-side"):
         Experiment(ExperimentConfig(run_dir=str(tmp_path / "a"), new_task="toy/reach-sid"), log=lambda s: None)
     with pytest.raises(ValueError, match="checkpoint"):
