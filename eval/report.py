@@ -180,6 +180,13 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
     base = next((json.loads(p.read_text()) for p in base_records if json.loads(p.read_text()).get("method") == BASE_METHOD), None)
     if base:
         md += ["## Base policy pi0, per task", "", task_table(base), ""]
+    pi0_stage = exp_dir / "stages" / "pi0.json"
+    draws = json.loads(pi0_stage.read_text())["result"].get("draws") if pi0_stage.exists() else None
+    if draws:
+        window = (config or {}).get("pi0_window") or ("?", "?")
+        md += [f"pi0 is the first of up to {(config or {}).get('pi0_draws', '?')} pi0 trainings (seeds) whose new-task "
+               f"success lay in [{window[0]}, {window[1]}] (none inside: the first, and the experiment stopped): "
+               + "; ".join(f"seed {d['seed']}: {d['successes']}/{d['episodes']}" for d in draws) + ".", ""]
 
     tables = sorted(exp_dir.glob("**/results.md"))
     if tables:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.experiment import PRESETS, Experiment, ExperimentConfig
+from eval.experiment import PRESETS, Experiment, ExperimentConfig, Pi0OutOfWindow
 from eval.stages import ExperimentMismatch
 from rollouts.config import ConfigError
 
@@ -98,6 +98,12 @@ def test_bad_experiment_configs(tmp_path):
     for window in ((0.6, 0.2), (0.2, 1.5), (0.5,)):
         with pytest.raises(ValueError, match="pi0_window must be two success rates"):
             ExperimentConfig(pi0_window=window)
+    with pytest.raises(ValueError, match="pi0_draws must be >= 1"):
+        ExperimentConfig(pi0_draws=0, pi0_window=(0.2, 0.6))
+    with pytest.raises(ValueError, match="--pi0-window LOW HIGH"):
+        ExperimentConfig(pi0_draws=3)
+    with pytest.raises(ValueError, match="--pi0-draws 1"):
+        ExperimentConfig(model=str(tmp_path), pi0_draws=3, pi0_window=(0.2, 0.6))
 
 
 def test_failed_check_does_not_block_the_corrected_rerun(tmp_path):
@@ -271,6 +277,32 @@ def test_pi0_pretrains_on_pi0_threads_and_gives_the_others_back(tmp_path, monkey
     assert torch.get_num_threads() == 1  # the suite's per-test setting (conftest)
     Experiment(cfg, log=lambda s: None).pi0()
     assert seen == [3] and torch.get_num_threads() == 1
+
+
+def test_pi0_draws_keep_the_first_pi0_inside_the_window(tmp_path):
+    # MINI's pi0 barely trains, so its new-task success is whatever its random init gives: 4 episodes make it
+    # 0, 0.25, ..., 1 and the draws (other seeds) differ
+    cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "all"), cache_dir=str(tmp_path / "cache"),
+                           pi0_draws=4, pi0_window=(0.3, 0.45), **{**MINI, "eval_episodes": 4})
+    experiment = Experiment(cfg, log=lambda s: None)
+    first_draw = experiment.pi0()  # no draw can lie in (0.25, 0.5): all four are screened, the first is kept
+    draws = json.loads((tmp_path / "all" / "stages" / "pi0.json").read_text())["result"]["draws"]
+    assert [d["seed"] for d in draws] == [0, 1000, 2000, 3000] and len({d["path"] for d in draws}) == 4
+    assert first_draw == draws[0]["path"]
+    # each screening is the new-task part of eval_base: the same number for the kept draw
+    experiment.eval_base(first_draw)
+    assert experiment.pi0_new_success() == (draws[0]["successes"], 4)
+    with pytest.raises(Pi0OutOfWindow, match="more --pi0-draws"):
+        experiment.check_pi0_window()
+
+    rates = [d["successes"] / 4 for d in draws]
+    later = next((i for i, r in enumerate(rates) if r != rates[0]), None)
+    assert later is not None, f"every draw solved {rates[0]}: choose MINI settings whose draws differ"
+    window = (rates[later], rates[later])  # excludes the first draw, holds draw `later` (and maybe others after it)
+    picked = Experiment(dataclasses.replace(cfg, run_dir=str(tmp_path / "pick"), pi0_window=window),
+                        log=lambda s: None).pi0()
+    kept = json.loads((tmp_path / "pick" / "stages" / "pi0.json").read_text())["result"]
+    assert picked == draws[later]["path"] and kept["draws"] == draws[: later + 1]  # cached pi0s, same screening
 
 
 @pytest.mark.skipif(not HAS_SFT, reason="needs rollouts/sft.py")
