@@ -8,8 +8,8 @@ Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skip
                    `pi0_new_task_demos` demos of the new task (so that pi0 has partial new-task success)
                    (eval/pretrain.py), cached in <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips
                    it: pi0 is the given checkpoint. With `pi0_window` and `pi0_draws` > 1, up to that many pi0s are
-                   trained (seeds seed, seed + 1000, ...: other initialisations and batch orders, the same demos),
-                   each screened on the suite's new-task episodes, and the first inside the window is pi0 (none
+                   trained (seeds seed, seed + 1000, ...: another new-task demo, initialisation and batch order;
+                   the same prior-task demos), each screened on the suite's new-task episodes, and the first inside the window is pi0 (none
                    inside: the first draw, which the window gate then stops)
   warmup           (optional, `warmup`) SFT + LoRA of pi0 on a mixture of expert demos of the prior tasks and a few
                    of the new task (<run_dir>/warmup/demos, train/), the adapter then merged into the weights
@@ -74,7 +74,7 @@ RL_METHODS = ("reinforce", "grpo", "ppo")
 SFT_METHODS = ("sft", "sft+kl", "rft")
 
 
-PI0_DRAW_SEED_STEP = 1000  # pi0 draw k trains with seed + 1000 k: apart from the experiment seeds of a study
+PI0_DRAW_SEED_STEP = 1000  # pi0 draw k: new-task demos and training seeded seed + 1000 k, apart from a study's seeds
 
 
 class Pi0OutOfWindow(ConfigError):
@@ -135,9 +135,10 @@ class ExperimentConfig:
     before any fine-tuning (a seed whose pi0 already solves the new task leaves RL nothing to learn). None: any pi0.
     May change on a rerun (the check is then made again)."""
     pi0_draws: int = 1
-    """With `pi0_window`: pi0 trainings to try (seeds seed, seed + 1000, ...) until one's new-task success lies in the
-    window (see the module docstring). One new-task demo makes pi0's new-task success vary widely with the seed
-    (1/16 to 14/16); screening draws makes every seed's pi0 start with room to improve, instead of leaving seeds out."""
+    """With `pi0_window`: pi0 trainings to try (seeds seed, seed + 1000, ...: each with its own new-task demos) until
+    one's new-task success lies in the window (see the module docstring). With one new-task demo, pi0's new-task
+    success varies widely with the demo (1/16 to 14/16); screening draws gives a seed's pi0 room to improve instead
+    of leaving the seed out."""
 
     # ---- warm-up (SFT of pi0 on expert demos, merged) ----
     warmup: bool = False
@@ -388,11 +389,13 @@ class Experiment:
 
     # ---- stages ----
     @staticmethod
-    def demos_stage(task: str, n: int, expert: str = "") -> str:
-        return f"demos_{_slug(task)}_n{n}" + (f"_{expert.rpartition(':')[2]}" if expert else "")
+    def demos_stage(task: str, n: int, expert: str = "", seed: int | None = None) -> str:
+        return (f"demos_{_slug(task)}_n{n}" + (f"_{expert.rpartition(':')[2]}" if expert else "")
+                + (f"_s{seed}" if seed is not None else ""))
 
-    def demos(self, task: str, n: int, expert: str = "") -> str:
-        """Scripted demos of `task` (by its own expert, or by the "module:Class" `expert`), cached."""
+    def demos(self, task: str, n: int, expert: str = "", seed: int | None = None) -> str:
+        """Scripted demos of `task` (by its own expert, or by the "module:Class" `expert`), cached; `seed`: other
+        episodes than the experiment seed's (a pi0 draw's)."""
         from envs import get_spec
         from envs.demos import generate_demos
 
@@ -400,17 +403,18 @@ class Experiment:
         render = get_spec(task).render_version
         extra = f"_{_hash(self.cfg.env_kwargs)}" if self.cfg.env_kwargs else ""
         tag = f"_{expert.rpartition(':')[2]}" if expert else ""
+        demo_seed = self.cfg.seed if seed is None else seed
         path = (self.cache / "demos"
-                / f"{_slug(task)}_px{self.cfg.image_size}{extra}_r{render}_n{n}_s{self.cfg.seed}{tag}")
+                / f"{_slug(task)}_px{self.cfg.image_size}{extra}_r{render}_n{n}_s{demo_seed}{tag}")
 
         def run():
-            ds = generate_demos(task, n, path, seed=self.cfg.seed, env_options=self.env_options,
+            ds = generate_demos(task, n, path, seed=demo_seed, env_options=self.env_options,
                                 log=self.log if self.cfg.progress else lambda s: None,
                                 expert=self._sft_expert_class()() if expert else None)
             return {"path": str(path), "episodes": len(ds), "steps": ds.num_steps,
                     "expert_success_rate": ds.meta["expert_success_rate"]}
 
-        return self.stages.run(self.demos_stage(task, n, expert), run)["path"]
+        return self.stages.run(self.demos_stage(task, n, expert, seed), run)["path"]
 
     def pi0(self) -> str:
         cfg = self.cfg
@@ -418,11 +422,12 @@ class Experiment:
             return cfg.model
         from eval.pretrain import PretrainConfig, load_demo_steps, pretrain
 
-        dirs = [self.demos(t, cfg.demos_per_task) for t in cfg.prior_tasks]
-        if cfg.pi0_new_task_demos:
-            dirs.append(self.demos(cfg.new_task, cfg.pi0_new_task_demos))
+        prior = [self.demos(t, cfg.demos_per_task) for t in cfg.prior_tasks]
 
         def train(seed: int) -> dict:
+            dirs = prior  # a draw also demonstrates the new task anew: its demo decides most of pi0's success there
+            if cfg.pi0_new_task_demos:
+                dirs = prior + [self.demos(cfg.new_task, cfg.pi0_new_task_demos, seed=None if seed == cfg.seed else seed)]
             pcfg = PretrainConfig(model=cfg.model, n_action_bins=cfg.n_action_bins, steps=cfg.pi0_steps,
                                   batch_size=cfg.pi0_batch_size, learning_rate=cfg.pi0_lr, seed=seed,
                                   log_every=max(1, cfg.pi0_steps // 10), unnorm_key=cfg.unnorm_key)
@@ -973,9 +978,9 @@ PRESETS: dict[str, ExperimentConfig] = {
     # the main CPU job: tiny VLA, Meta-World at 64 px, pi0 by behaviour cloning on 3 prior skills plus one demo of
     # the new task, button-press (pi0 solved it 1/16 to 14/16 with one demo over seeds, float rounding and render
     # versions, and 16/16 with four, leaving REINFORCE nothing to learn), so pi0 is the first of up to 4 draws
-    # (pi0 seeds) whose new-task success lies in [0.2, 0.6]. Each draw costs a pi0 training (3-5 min); on the
-    # development machine seed 0 needed four (10, 13, 12, then 5 of 16), and pi0's weights, so its success, differ
-    # between CPU types by float rounding (seed 1's first draw: 6/16 on one, 3/16 on another). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set
+    # (another new-task demo and pi0 seed each) whose new-task success lies in [0.2, 0.6]. Each draw costs a pi0
+    # training (3-5 min). pi0's weights, so its success, differ between CPU types by float rounding (seed 1's first
+    # draw: 6/16 on one, 3/16 on another). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set
     # before the runs the README reports. REINFORCE draws 16 episodes from 8 initial states per update: with 8 from
     # 2 (the first setting) the initial state decided the outcome, 8-18 of 24 updates had no gradient (all
     # successes or all failures) and REINFORCE did not improve on pi0 (README, "Measured"). Its update runs in 8

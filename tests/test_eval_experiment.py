@@ -288,6 +288,8 @@ def test_pi0_draws_keep_the_first_pi0_inside_the_window(tmp_path):
     first_draw = experiment.pi0()  # no draw can lie in (0.25, 0.5): all four are screened, the first is kept
     draws = json.loads((tmp_path / "all" / "stages" / "pi0.json").read_text())["result"]["draws"]
     assert [d["seed"] for d in draws] == [0, 1000, 2000, 3000] and len({d["path"] for d in draws}) == 4
+    stages = tmp_path / "all" / "stages"  # each later draw demonstrates the new task anew, with its own seed
+    assert all((stages / f"demos_toy__reach-side_n1_s{seed}.json").exists() for seed in (1000, 2000, 3000))
     assert first_draw == draws[0]["path"]
     # each screening is the new-task part of eval_base: the same number for the kept draw
     experiment.eval_base(first_draw)
