@@ -183,10 +183,13 @@ def write_report(exp_dir: str | Path, analysis: dict | None = None, title: str |
     pi0_stage = exp_dir / "stages" / "pi0.json"
     draws = json.loads(pi0_stage.read_text())["result"].get("draws") if pi0_stage.exists() else None
     if draws:
-        window = (config or {}).get("pi0_window") or ("?", "?")
-        md += [f"pi0 is the first of up to {(config or {}).get('pi0_draws', '?')} pi0 trainings (seeds) whose new-task "
-               f"success lay in [{window[0]}, {window[1]}] (none inside: the first, and the experiment stopped): "
-               + "; ".join(f"seed {d['seed']}: {d['successes']}/{d['episodes']}" for d in draws) + ".", ""]
+        low, high = (config or {}).get("pi0_window") or (0.0, 1.0)
+        last = draws[-1]
+        outcome = (f"pi0 is draw {len(draws)}, the first inside [{low:g}, {high:g}]"
+                   if low <= last["successes"] / last["episodes"] <= high else
+                   f"no draw lay inside [{low:g}, {high:g}]: pi0 is the first, and the window gate stopped the run")
+        md += [f"pi0 draws (new-task demos and training seeded by the seed shown; new-task success): "
+               + "; ".join(f"seed {d['seed']}: {d['successes']}/{d['episodes']}" for d in draws) + f". {outcome}.", ""]
 
     tables = sorted(exp_dir.glob("**/results.md"))
     if tables:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from eval.experiment import PRESETS, Experiment, ExperimentConfig, Pi0OutOfWindow
+from eval.report import write_report
 from eval.stages import ExperimentMismatch
 from rollouts.config import ConfigError
 
@@ -296,6 +297,8 @@ def test_pi0_draws_keep_the_first_pi0_inside_the_window(tmp_path):
     assert experiment.pi0_new_success() == (draws[0]["successes"], 4)
     with pytest.raises(Pi0OutOfWindow, match="more --pi0-draws"):
         experiment.check_pi0_window()
+    report = write_report(tmp_path / "all", config=cfg.to_dict()).read_text()
+    assert "seed 3000: " in report and "no draw lay inside [0.3, 0.45]: pi0 is the first" in report
 
     rates = [d["successes"] / 4 for d in draws]
     later = next((i for i, r in enumerate(rates) if r != rates[0]), None)
@@ -305,6 +308,10 @@ def test_pi0_draws_keep_the_first_pi0_inside_the_window(tmp_path):
                         log=lambda s: None).pi0()
     kept = json.loads((tmp_path / "pick" / "stages" / "pi0.json").read_text())["result"]
     assert picked == draws[later]["path"] and kept["draws"] == draws[: later + 1]  # cached pi0s, same screening
+    pick = Experiment(dataclasses.replace(cfg, run_dir=str(tmp_path / "pick"), pi0_window=window), log=lambda s: None)
+    pick.eval_base(picked)
+    report = write_report(tmp_path / "pick", config=pick.cfg.to_dict()).read_text()
+    assert f"pi0 is draw {later + 1}, the first inside" in report
 
 
 @pytest.mark.skipif(not HAS_SFT, reason="needs rollouts/sft.py")
