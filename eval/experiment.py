@@ -9,8 +9,8 @@ Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skip
                    (eval/pretrain.py), cached in <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips
                    it: pi0 is the given checkpoint. With `pi0_window` and `pi0_draws` > 1, up to that many pi0s are
                    trained (seeds seed, seed + 1000, ...: another new-task demo, initialisation and batch order;
-                   the same prior-task demos), each screened on the suite's new-task episodes, and the first inside the window is pi0 (none
-                   inside: the first draw, which the window gate then stops)
+                   the same prior-task demos), each screened on the suite's new-task episodes; the first inside
+                   the window is pi0 (none inside: the first draw, which the window gate then stops)
   warmup           (optional, `warmup`) SFT + LoRA of pi0 on a mixture of expert demos of the prior tasks and a few
                    of the new task (<run_dir>/warmup/demos, train/), the adapter then merged into the weights
                    (<run_dir>/warmup/pi0, a full checkpoint that keeps pi0's action statistics): RL4VLA's route to
