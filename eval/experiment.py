@@ -427,7 +427,8 @@ class Experiment:
         def train(seed: int) -> dict:
             dirs = prior  # a draw also demonstrates the new task anew: its demo decides most of pi0's success there
             if cfg.pi0_new_task_demos:
-                dirs = prior + [self.demos(cfg.new_task, cfg.pi0_new_task_demos, seed=None if seed == cfg.seed else seed)]
+                draw_seed = None if seed == cfg.seed else seed
+                dirs = prior + [self.demos(cfg.new_task, cfg.pi0_new_task_demos, seed=draw_seed)]
             pcfg = PretrainConfig(model=cfg.model, n_action_bins=cfg.n_action_bins, steps=cfg.pi0_steps,
                                   batch_size=cfg.pi0_batch_size, learning_rate=cfg.pi0_lr, seed=seed,
                                   log_every=max(1, cfg.pi0_steps // 10), unnorm_key=cfg.unnorm_key)
