@@ -77,6 +77,11 @@ SFT_METHODS = ("sft", "sft+kl", "rft")
 PI0_DRAW_SEED_STEP = 1000  # pi0 draw k: new-task demos and training seeded seed + 1000 k, apart from a study's seeds
 
 
+def in_window(window: tuple[float, float], successes: int, episodes: int) -> bool:
+    """A success rate lies in [low, high]: the pi0 draws' screening and the window gate use the same test."""
+    return window[0] <= successes / episodes <= window[1]
+
+
 class Pi0OutOfWindow(ConfigError):
     """pi0's new-task success lies outside the experiment's `pi0_window`: no fine-tuning was started."""
 
@@ -454,8 +459,9 @@ class Experiment:
                 k, n = self.new_task_success(record["path"])
                 draws.append({"seed": record["config"]["seed"], "path": record["path"], "successes": k, "episodes": n})
                 self.log(f"[pi0] draw {draw + 1}/{cfg.pi0_draws} (seed {draws[-1]['seed']}): {cfg.new_task} {k}/{n}"
-                         f" = {k / n:.2f}, {'inside' if low <= k / n <= high else 'outside'} [{low:g}, {high:g}]")
-                if low <= k / n <= high:
+                         f" = {k / n:.2f}, {'inside' if in_window(cfg.pi0_window, k, n) else 'outside'} "
+                         f"[{low:g}, {high:g}]")
+                if in_window(cfg.pi0_window, k, n):
                     return {**record, "draws": draws}
             first = train(cfg.seed)  # none inside: the window gate stops the experiment after eval_base
             return {**first, "draws": draws}
@@ -571,7 +577,7 @@ class Experiment:
         if self.cfg.pi0_window is None or not (self.dir / "evals" / "base" / "eval.json").exists():
             return False
         k, n = self.pi0_new_success()
-        return not self.cfg.pi0_window[0] <= k / n <= self.cfg.pi0_window[1]
+        return not in_window(self.cfg.pi0_window, k, n)
 
     @property
     def window_stage(self) -> str:
@@ -982,8 +988,8 @@ PRESETS: dict[str, ExperimentConfig] = {
     # (`--pi0-window 0.2 0.6 --pi0-draws N`) is not the default: with this recipe pi0 mostly lands above 0.6 (seed 0's
     # four draws on an AMD EPYC machine: 10, 14, 10, 16 of 16; each draw costs a pi0 training, 5.5 min there), and
     # pi0's weights, so its success, differ between CPU types by float rounding (seed 1's first draw: 6/16 on
-    # the Xeon, 3/16 on the EPYC). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set
-    # before the runs the README reports. REINFORCE draws 16 episodes from 8 initial states per update: with 8 from
+    # the Xeon, 3/16 on the EPYC). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is
+    # 1e-3 and 3e-3, set before the runs the README reports. REINFORCE draws 16 episodes from 8 initial states per update: with 8 from
     # 2 (the first setting) the initial state decided the outcome, 8-18 of 24 updates had no gradient (all
     # successes or all failures) and REINFORCE did not improve on pi0 (README, "Measured"). Its update runs in 8
     # micro-batches (~110-300 samples): one backward over a whole batch's ~1,800 steps ran at 64-69 samples/s on one
