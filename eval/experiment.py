@@ -5,9 +5,9 @@ Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skip
                    experiments (<cache_dir>/demos/<task>_px<image>_r<render version>_n<N>_s<seed>; generate_demos
                    resumes itself)
   pi0              the base policy: behaviour cloning of a random-init preset on the prior tasks' demos plus
-                   `pi0_new_task_demos` demos of the new task (so that pi0 has partial new-task success)
-                   (eval/pretrain.py), cached in <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips
-                   it: pi0 is the given checkpoint. With `pi0_window` and `pi0_draws` > 1, up to that many pi0s are
+                   `pi0_new_task_demos` demos of the new task (so that pi0 has partial new-task success; with
+                   `pi0_new_task_share`, at that share of each batch) (eval/pretrain.py), cached in
+                   <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips it: pi0 is the given checkpoint. With `pi0_window` and `pi0_draws` > 1, up to that many pi0s are
                    trained (seeds seed, seed + 1000, ...: another new-task demo, initialisation and batch order;
                    the same prior-task demos), each screened on the suite's new-task episodes; the first inside
                    the window is pi0 (none inside: the first draw, which the window gate then stops)
@@ -129,6 +129,9 @@ class ExperimentConfig:
     """Expert demos per prior task for pi0."""
     pi0_new_task_demos: int = 4
     """Demos of the new task mixed into pi0's training data (0: none; more: higher pi0 new-task success)."""
+    pi0_new_task_share: float | None = None
+    """pi0's data mixture: the expected share of each batch drawn from the new task's demos, the prior tasks sharing
+    the rest equally (OpenVLA-style per-dataset sampling weights). None: every demo step equally likely."""
     pi0_steps: int = 60
     """Behaviour-cloning steps of pi0."""
     pi0_batch_size: int = 32
@@ -296,6 +299,10 @@ class ExperimentConfig:
             self.pi0_window = tuple(self.pi0_window)
             if len(self.pi0_window) != 2 or not 0 <= self.pi0_window[0] <= self.pi0_window[1] <= 1:
                 raise ConfigError(f"pi0_window must be two success rates 0 <= low <= high <= 1, got {self.pi0_window}")
+        if self.pi0_new_task_share is not None and not (0 < self.pi0_new_task_share < 1
+                                                        and self.pi0_new_task_demos >= 1):
+            raise ConfigError(f"pi0_new_task_share must lie in (0, 1) and needs pi0_new_task_demos >= 1, got "
+                              f"{self.pi0_new_task_share} with {self.pi0_new_task_demos} demos")
         if self.pi0_draws < 1:
             raise ConfigError(f"pi0_draws must be >= 1, got {self.pi0_draws}")
         if self.pi0_draws > 1 and self.pretrained_model:
@@ -430,13 +437,17 @@ class Experiment:
         prior = [self.demos(t, cfg.demos_per_task) for t in cfg.prior_tasks]
 
         def train(seed: int) -> dict:
-            dirs = prior  # a draw also demonstrates the new task anew: its demo decides most of pi0's success there
+            dirs, weights = prior, ()  # a draw demonstrates the new task anew: its demo decides much of pi0's success
             if cfg.pi0_new_task_demos:
                 draw_seed = None if seed == cfg.seed else seed
                 dirs = prior + [self.demos(cfg.new_task, cfg.pi0_new_task_demos, seed=draw_seed)]
+                if cfg.pi0_new_task_share is not None:
+                    share = cfg.pi0_new_task_share
+                    weights = (*[(1 - share) / len(prior)] * len(prior), share)
             pcfg = PretrainConfig(model=cfg.model, n_action_bins=cfg.n_action_bins, steps=cfg.pi0_steps,
                                   batch_size=cfg.pi0_batch_size, learning_rate=cfg.pi0_lr, seed=seed,
-                                  log_every=max(1, cfg.pi0_steps // 10), unnorm_key=cfg.unnorm_key)
+                                  log_every=max(1, cfg.pi0_steps // 10), unnorm_key=cfg.unnorm_key,
+                                  dataset_weights=weights)
             out = self.cache / "pi0" / _hash([dataclasses.asdict(pcfg), dirs])
             if (out / "pretrain.json").exists():  # cached by an earlier experiment with the same inputs
                 return {"path": str(out), "cached": True, **json.loads((out / "pretrain.json").read_text())}

@@ -42,24 +42,45 @@ class PretrainConfig:
     """None: the actions are in the env contract's [-1, 1] and tokenized as they are. A key (e.g. "bridge_orig"):
     the actions are in env units; their statistics over the training data (q01/q99, as OpenVLA computes its
     norm_stats) are saved in the checkpoint under this key and the actions normalized with them first."""
+    dataset_weights: tuple[float, ...] = ()
+    """The data mixture, as OpenVLA's per-dataset sampling weights: one weight per dataset (in load_demo_steps'
+    order), the expected share of each batch drawn from it (normalized to sum 1; within a dataset every step is
+    equally likely). Empty: every step of every dataset equally likely."""
 
 
 def load_demo_steps(dataset_dirs: Sequence[str | Path], max_episodes: int | None = None) -> dict[str, np.ndarray]:
-    """All steps of the datasets: images uint8 [N, H, W, 3], actions float32 [N, 7], instructions [N] str."""
+    """All steps of the datasets: images uint8 [N, H, W, 3], actions float32 [N, 7], instructions [N] str, dataset
+    int64 [N] (the index in `dataset_dirs` each step comes from)."""
     from envs.demos import DemoDataset
 
-    images, actions, instructions = [], [], []
-    for d in dataset_dirs:
+    images, actions, instructions, dataset = [], [], [], []
+    for index, d in enumerate(dataset_dirs):
         ds = DemoDataset(d)
         for i in range(len(ds) if max_episodes is None else min(max_episodes, len(ds))):
             ep = ds.episode(i, keys=("images", "actions", "instruction"))
             images.append(ep["images"])
             actions.append(ep["actions"])
             instructions += [str(ep["instruction"])] * len(ep["actions"])
+            dataset.append(np.full(len(ep["actions"]), index, np.int64))
     if not images:
         raise ValueError(f"no demo episodes in {list(map(str, dataset_dirs))}")
     return {"images": np.concatenate(images), "actions": np.concatenate(actions).astype(np.float32),
-            "instructions": np.array(instructions)}
+            "instructions": np.array(instructions), "dataset": np.concatenate(dataset)}
+
+
+def step_probabilities(dataset: np.ndarray, weights: Sequence[float]) -> np.ndarray | None:
+    """Sampling probability of each step [N] so that dataset i fills a share weights[i] / sum(weights) of a batch
+    (uniform within a dataset); None for empty `weights` (every step equally likely)."""
+    if not len(weights):
+        return None
+    weights = np.asarray(weights, np.float64)
+    counts = np.bincount(dataset, minlength=len(weights))
+    if len(counts) != len(weights) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"dataset_weights needs one weight >= 0 per dataset ({len(counts)}), not all 0; got "
+                         f"{weights.tolist()}")
+    if (counts[weights > 0] == 0).any():
+        raise ValueError(f"a dataset with weight > 0 has no steps (steps per dataset: {counts.tolist()})")
+    return weights[dataset] / weights.sum() / counts[dataset]
 
 
 def pretrain(cfg: PretrainConfig, data: dict[str, np.ndarray], out_dir: str | Path,
@@ -82,10 +103,12 @@ def pretrain(cfg: PretrainConfig, data: dict[str, np.ndarray], out_dir: str | Pa
         actions = policy.action_stats(cfg.unnorm_key).normalize(actions)
     tokens_all = torch.as_tensor(policy.action_tokenizer.encode(actions))
     n = len(tokens_all)
+    probabilities = step_probabilities(data["dataset"], cfg.dataset_weights)
     t0 = time.perf_counter()
     losses, accs = [], []
     for step in range(1, cfg.steps + 1):
-        idx = rng.integers(0, n, cfg.batch_size)
+        idx = rng.integers(0, n, cfg.batch_size) if probabilities is None else rng.choice(n, cfg.batch_size,
+                                                                                          p=probabilities)
         batch = policy.preprocess(data["images"][idx], list(data["instructions"][idx]))
         tokens = tokens_all[idx].to(policy.device)
         scores = policy.evaluate_actions(batch, tokens)

@@ -105,6 +105,9 @@ def test_bad_experiment_configs(tmp_path):
         ExperimentConfig(pi0_draws=3)
     with pytest.raises(ValueError, match="--pi0-draws 1"):
         ExperimentConfig(model=str(tmp_path), pi0_draws=3, pi0_window=(0.2, 0.6))
+    for share, demos in ((0.0, 1), (1.0, 1), (0.1, 0)):
+        with pytest.raises(ValueError, match="pi0_new_task_share must lie in"):
+            ExperimentConfig(pi0_new_task_share=share, pi0_new_task_demos=demos)
 
 
 def test_failed_check_does_not_block_the_corrected_rerun(tmp_path):
@@ -258,6 +261,31 @@ def test_pi0_keeps_the_action_statistics_it_was_trained_with(tmp_path):
     stats = VLAPolicy.from_pretrained(tmp_path / "pi0").action_stats("demo")
     np.testing.assert_allclose(stats.q99, np.quantile(data["actions"], 0.99, axis=0), atol=1e-6)
     assert np.abs(stats.normalize(data["actions"])[:, :6]).max() <= 1.0 and not stats.mask[6]
+
+
+def test_pi0_data_mixture_draws_each_dataset_at_its_weight():
+    from eval.pretrain import step_probabilities
+
+    dataset = np.array([0, 0, 0, 1, 2, 2])
+    assert step_probabilities(dataset, ()) is None  # every step equally likely
+    np.testing.assert_allclose(step_probabilities(dataset, (0.25, 0.5, 0.25)),
+                               [1 / 12, 1 / 12, 1 / 12, 1 / 2, 1 / 8, 1 / 8])
+    np.testing.assert_allclose(step_probabilities(dataset, (2, 0, 2)), [1 / 6] * 3 + [0] + [1 / 4] * 2)
+    drawn = dataset[np.random.default_rng(0).choice(6, 40_000, p=step_probabilities(dataset, (0.7, 0.1, 0.2)))]
+    np.testing.assert_allclose(np.bincount(drawn) / len(drawn), [0.7, 0.1, 0.2], atol=0.01)
+    for weights in ((1, 1), (1, -1, 1), (0, 0, 0)):
+        with pytest.raises(ValueError, match="one weight >= 0 per dataset"):
+            step_probabilities(dataset, weights)
+    with pytest.raises(ValueError, match="has no steps"):
+        step_probabilities(np.array([0, 0, 2]), (1, 1, 1))
+
+
+def test_pi0_new_task_share_sets_the_mixture_of_pi0s_batches(tmp_path):
+    cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                           prior_tasks=("toy/color-side", "toy/parity"), pi0_new_task_share=0.2, **MINI)
+    Experiment(cfg, log=lambda s: None).pi0()
+    record = json.loads((tmp_path / "run" / "stages" / "pi0.json").read_text())["result"]
+    assert record["config"]["dataset_weights"] == [0.4, 0.4, 0.2]  # prior tasks share the rest equally
 
 
 def test_pi0_pretrains_on_pi0_threads_and_gives_the_others_back(tmp_path, monkeypatch):
