@@ -7,10 +7,11 @@ Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skip
   pi0              the base policy: behaviour cloning of a random-init preset on the prior tasks' demos plus
                    `pi0_new_task_demos` demos of the new task (so that pi0 has partial new-task success; with
                    `pi0_new_task_share`, at that share of each batch) (eval/pretrain.py), cached in
-                   <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips it: pi0 is the given checkpoint. With `pi0_window` and `pi0_draws` > 1, up to that many pi0s are
-                   trained (seeds seed, seed + 1000, ...: another new-task demo, initialisation and batch order;
-                   the same prior-task demos), each screened on the suite's new-task episodes; the first inside
-                   the window is pi0 (none inside: the first draw, which the window gate then stops)
+                   <cache_dir>/pi0/<hash of its inputs>; the openvla-7b preset skips it: pi0 is the given
+                   checkpoint. With `pi0_window` and `pi0_draws` > 1, up to that many pi0s are trained (seeds seed,
+                   seed + 1000, ...: another new-task demo, initialisation and batch order; the same prior-task
+                   demos), each screened on the suite's new-task episodes; the first inside the window is pi0 (none
+                   inside: the first draw, which the window gate then stops)
   warmup           (optional, `warmup`) SFT + LoRA of pi0 on a mixture of expert demos of the prior tasks and a few
                    of the new task (<run_dir>/warmup/demos, train/), the adapter then merged into the weights
                    (<run_dir>/warmup/pi0, a full checkpoint that keeps pi0's action statistics): RL4VLA's route to
@@ -996,17 +997,19 @@ PRESETS: dict[str, ExperimentConfig] = {
     # the main CPU job: tiny VLA, Meta-World at 64 px, pi0 by behaviour cloning on 3 prior skills plus one demo of
     # the new task, button-press (pi0 solved it 1/16 to 14/16 with one demo over seeds, float rounding and render
     # versions, and 16/16 with four, leaving REINFORCE nothing to learn). Screening pi0 draws into [0.2, 0.6]
-    # (`--pi0-window 0.2 0.6 --pi0-draws N`) is not the default: with this recipe pi0 mostly lands above 0.6 (seed 0's
-    # four draws on an AMD EPYC machine: 10, 14, 10, 16 of 16; each draw costs a pi0 training, 5.5 min there), and
-    # pi0's weights, so its success, differ between CPU types by float rounding (seed 1's first draw: 6/16 on
-    # the Xeon, 3/16 on the EPYC). REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is
-    # 1e-3 and 3e-3, set before the runs the README reports. REINFORCE draws 16 episodes from 8 initial states per update: with 8 from
-    # 2 (the first setting) the initial state decided the outcome, 8-18 of 24 updates had no gradient (all
-    # successes or all failures) and REINFORCE did not improve on pi0 (README, "Measured"). Its update runs in 8
-    # micro-batches (~110-300 samples): one backward over a whole batch's ~1,800 steps ran at 64-69 samples/s on one
-    # thread, 4-8 micro-batches at 235-250 (scripts/bench_rollouts.py --sections microbatch).
-    # 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Two stages at a time (x1.16 over one at a time on 2 cores, the
-    # first version's settings). Measured wall time on the 2-core machine: see the README.
+    # (`--pi0-window 0.2 0.6 --pi0-draws N`) is not the default: with this recipe pi0 mostly lands above 0.6 (seed
+    # 0's four draws on an AMD EPYC machine: 10, 14, 10, 16 of 16; each draw costs a pi0 training, 5.5 min there),
+    # and pi0's weights, so its success, differ between CPU types by float rounding (seed 1's first draw: 6/16 on
+    # the Xeon, 3/16 on the EPYC). Nor does a data mixture centre it (8 new-task demos at 0.03%, 0.1%, 0.3% of each
+    # batch: 5, 0, 1, 0 / 15, 9, 10, 13 / 13, 8 of 16 over seeds; no demo: 0/16; README). REINFORCE at 3e-4 moved
+    # forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set before the runs the README reports.
+    # REINFORCE draws 16 episodes from 8 initial states per update: with 8 from 2 (the first setting) the initial
+    # state decided the outcome, 8-18 of 24 updates had no gradient (all successes or all failures) and REINFORCE
+    # did not improve on pi0 (README, "Measured"). Its update runs in 8 micro-batches (~110-300 samples): one
+    # backward over a whole batch's ~1,800 steps ran at 64-69 samples/s on one thread, 4-8 micro-batches at 235-250
+    # (scripts/bench_rollouts.py --sections microbatch). 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Two stages at
+    # a time (x1.16 over one at a time on 2 cores, the first version's settings). Measured wall time on the 2-core
+    # machine: see the README.
     "cpu": ExperimentConfig(
         preset="cpu", run_dir="runs/razor-cpu", model="tiny", image_size=64,
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
