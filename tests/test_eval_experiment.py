@@ -280,6 +280,32 @@ def test_pi0_data_mixture_draws_each_dataset_at_its_weight():
         step_probabilities(np.array([0, 0, 2]), (1, 1, 1))
 
 
+def test_pi0_pretraining_draws_its_batches_by_the_dataset_weights(tmp_path, monkeypatch):
+    from envs.demos import generate_demos
+    from eval.pretrain import PretrainConfig, load_demo_steps, pretrain
+    from vla.policy import VLAPolicy
+
+    dirs = [tmp_path / "color", tmp_path / "reach"]
+    for task, d in zip(("toy/color-side", "toy/reach-side"), dirs):
+        generate_demos(task, 2, d, log=lambda s: None)
+    data = load_demo_steps(dirs)
+    data["instructions"][data["dataset"] == 0] = "first dataset"  # the toy tasks share their instructions
+    seen = []
+    real = VLAPolicy.preprocess
+    def recording(self, images, instructions):
+        seen.extend(instructions)
+        return real(self, images, instructions)
+
+    monkeypatch.setattr(VLAPolicy, "preprocess", recording)
+    pretrain(PretrainConfig(steps=3, batch_size=8, dataset_weights=(0.0, 1.0)), data, tmp_path / "pi0",
+             log=lambda s: None)
+    assert len(seen) == 24 and "first dataset" not in seen  # weight 0: never drawn
+    seen.clear()
+    pretrain(PretrainConfig(steps=3, batch_size=8, dataset_weights=(1.0, 0.0)), data, tmp_path / "pi0b",
+             log=lambda s: None)
+    assert seen == ["first dataset"] * 24
+
+
 def test_pi0_new_task_share_sets_the_mixture_of_pi0s_batches(tmp_path):
     cfg = ExperimentConfig(preset="mini", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                            prior_tasks=("toy/color-side", "toy/parity"), pi0_new_task_share=0.2, **MINI)
