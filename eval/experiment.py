@@ -1000,7 +1000,8 @@ PRESETS: dict[str, ExperimentConfig] = {
     # button-press, swung over seeds from 1/16 to 14/16 and mostly landed above 0.6 (pi0 pressed it with what it
     # learned on button-press-topdown; neither pi0 draws, fewer steps, more prior demos nor a data mixture centred
     # it), drawer-close gave 8, 2, 2 of 16, handle-press 3/16 (seed 0) (README, "Measured"). On button-press,
-    # REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set before the runs the README reports.
+    # REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set before the
+    # runs the README reports.
     # REINFORCE draws 16 episodes from 8 initial states per update: with 8 from 2 (the first setting) the initial
     # state decided the outcome, 8-18 of 24 updates had no gradient (all successes or all failures) and REINFORCE
     # did not improve on pi0 (README, "Measured"). Its update runs in 8 micro-batches (~110-300 samples): one
