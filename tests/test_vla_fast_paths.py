@@ -148,3 +148,39 @@ def test_precomputed_patch_embeddings_give_identical_scores_and_gradients():
     assert not policy.vision_frozen
     with pytest.raises(ValueError, match="patches must be"):
         policy.evaluate_actions(batch, tokens, patch_embeddings=patches[:, :3])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padded):
+    """prefill/decode_step run the decoder layers through vla.modeling.decoder_layer: the same operations as
+    LlamaModel.forward with a DynamicCache (Hugging Face's own path), so hidden states and keys/values are equal,
+    not merely close; with LoRA layers in the LM, with and without left padding."""
+    from transformers import DynamicCache
+
+    policy = adapted_policy(lm_head=False)
+    images, instructions = observations(6)
+    if not padded:
+        instructions = [WORDS[0]] * len(instructions)
+    batch = policy.preprocess(images, instructions)
+    assert bool(batch.attention_mask.all()) != padded
+    vla, lm = policy.vla, policy.vla.language_model.model
+    tokens = torch.randint(0, 256, (6, ACTION_DIM - 1), generator=torch.Generator().manual_seed(0))
+    tokens += vla.action_token_offset
+    with torch.no_grad():
+        hidden, state = vla.prefill(batch.pixel_values, batch.input_ids, batch.attention_mask, ACTION_DIM - 1)
+        decoded = [vla.decode_step(tokens[:, k], state) for k in range(ACTION_DIM - 1)]
+
+        mm = vla.embed_multimodal(batch.pixel_values, batch.input_ids, batch.attention_mask)
+        mask, position = mm.attention_mask, mm.position_ids[:, -1:]
+        out = lm(inputs_embeds=mm.inputs_embeds, attention_mask=mask, position_ids=mm.position_ids,
+                 cache=DynamicCache(config=lm.config), use_cache=True)
+        expected = [out.last_hidden_state[:, -1]]
+        for k in range(ACTION_DIM - 1):
+            mask, position = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1), position + 1
+            out = lm(inputs_embeds=lm.embed_tokens(tokens[:, k : k + 1]), attention_mask=mask, position_ids=position,
+                     cache=out.cache, use_cache=True)
+            expected.append(out.last_hidden_state[:, -1])
+    for got, want in zip([hidden, *decoded], expected, strict=True):
+        assert torch.equal(got, want)
+    for i, layer in enumerate(out.cache.layers):
+        assert torch.equal(state.cache.keys[i], layer.keys) and torch.equal(state.cache.values[i], layer.values)

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 from accelerate import init_empty_weights
 from timm.layers import LayerScale
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-from transformers import DynamicCache, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+from transformers.masking_utils import create_causal_mask
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vla.checkpoint import MissingCheckpointError, atomic_directory, load_into, read_weight_map, save_sharded
@@ -130,28 +133,49 @@ class MultimodalInputs:
 class PreallocatedKVCache:
     """The LM's keys and values for one generation, in buffers allocated once: [B, H_kv, T + steps, Dh] per layer.
 
-    `update` (the call HF's attention makes) writes one decode step's keys/values in place and returns views up to
-    that step: the same tensors a DynamicCache would return, without its per-step torch.cat reallocation.
+    `update` writes the keys/values of the positions after the `length` filled so far in place and returns views of
+    everything up to them: what a DynamicCache would return, without its per-step torch.cat reallocation.
     """
 
-    def __init__(self, prefill_cache: DynamicCache, steps: int) -> None:
-        self.keys, self.values = [], []
-        for layer in prefill_cache.layers:
-            batch, heads, length, head_dim = layer.keys.shape
-            for prefilled, buffers in ((layer.keys, self.keys), (layer.values, self.values)):
-                buffer = prefilled.new_empty(batch, heads, length + steps, head_dim)
-                buffer[:, :, :length] = prefilled
-                buffers.append(buffer)
-        self.length = length  # positions filled so far
+    def __init__(self, layers: int, like: torch.Tensor, heads: int, positions: int, head_dim: int) -> None:
+        batch = like.shape[0]
+        self.keys = [like.new_empty(batch, heads, positions, head_dim) for _ in range(layers)]
+        self.values = [like.new_empty(batch, heads, positions, head_dim) for _ in range(layers)]
+        self.length = 0  # positions filled so far (by earlier forward passes)
 
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """key_states, value_states [B, H_kv, 1, Dh] of the current step -> all keys, values so far."""
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """key_states, value_states [B, H_kv, n, Dh] of the next n positions -> all keys, values so far."""
         end = self.length + key_states.shape[2]
         self.keys[layer_idx][:, :, self.length : end] = key_states
         self.values[layer_idx][:, :, self.length : end] = value_states
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+
+def decoder_layer(
+    layer: LlamaDecoderLayer,
+    hidden: torch.Tensor,
+    rotary: tuple[torch.Tensor, torch.Tensor],
+    cache: PreallocatedKVCache,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """One Llama decoder layer over hidden [B, n, D] with sdpa attention: LlamaDecoderLayer.forward's operations on
+    its own modules (LoRA layers included), without its per-call wrappers, kwargs and attention dispatch, which cost
+    more than the arithmetic for a small model's single-token steps. `mask`: [B, 1, n, T] bool (True: attend), or
+    None for plain causal attention; `rotary`: (cos, sin) [B, n, Dh] of the n positions."""
+    attn = layer.self_attn
+    batch, length, _ = hidden.shape
+    x = layer.input_layernorm(hidden)
+    query, key, value = (
+        proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )
+    query, key = apply_rotary_pos_emb(query, key, *rotary)
+    key, value = cache.update(key, value, attn.layer_idx)
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=attn.scaling, is_causal=mask is None and length > 1,
+        enable_gqa=attn.num_key_value_groups > 1,
+    )
+    hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 @dataclass
@@ -315,32 +339,38 @@ class OpenVLA(nn.Module):
     ) -> tuple[torch.Tensor, DecodeState]:
         """One pass over images + left-padded prompts; returns the last prompt token's hidden state [B, D]
         and the state for `steps` calls of `decode_step` (KV buffers, attention mask and rotary embeddings of
-        all steps, built here so the decode loop allocates no cache and never syncs with the host)."""
+        all steps, built here so the decode loop allocates no cache and never syncs with the host).
+
+        The LM's decoder layers are run by `decoder_layer`, with the attention mask LlamaModel.forward would build:
+        the same arithmetic, op for op (tests compare the hidden states and keys/values bit for bit)."""
         mm = self.embed_multimodal(pixel_values, input_ids, attention_mask)
         lm = self.language_model.model
-        out = lm(
-            inputs_embeds=mm.inputs_embeds,
-            attention_mask=mm.attention_mask,
+        batch, length, _ = mm.inputs_embeds.shape
+        positions = torch.cat([mm.position_ids, mm.position_ids[:, -1:] + torch.arange(1, steps + 1, device=input_ids.device)], 1)
+        cos, sin = lm.rotary_emb(mm.inputs_embeds, positions)  # [B, T + steps, Dh]
+        # None when no row is padded (causal attention), else [B, 1, T, T] bool with each row's padding masked out.
+        mask = create_causal_mask(
+            config=lm.config, inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, cache=None,
             position_ids=mm.position_ids,
-            cache=DynamicCache(config=self.language_model.config),
-            use_cache=True,
         )
-        batch = len(input_ids)
-        # Like HF's sdpa mask: none when no row is padded, else each row's padding masked out.
-        mask = None
-        if not bool(mm.attention_mask.all()):
+        layers = lm.layers[: lm.config.num_hidden_layers]
+        attn = layers[0].self_attn
+        cache = PreallocatedKVCache(
+            len(layers), mm.inputs_embeds, lm.config.num_key_value_heads, length + steps, attn.head_dim
+        )
+        hidden = mm.inputs_embeds
+        for layer in layers:
+            hidden = decoder_layer(layer, hidden, (cos[:, :length], sin[:, :length]), cache, mask)
+        cache.length = length
+        step_mask = None
+        if mask is not None:
             full = torch.cat([mm.attention_mask, mm.attention_mask.new_ones(batch, steps)], dim=1)
-            mask = full.bool()[:, None, None, :]
-        positions = mm.position_ids[:, -1:] + torch.arange(1, steps + 1, device=input_ids.device)  # [B, steps]
-        cos, sin = lm.rotary_emb(out.last_hidden_state, positions)
-        state = DecodeState(PreallocatedKVCache(out.cache, steps), mask, cos, sin)
-        return out.last_hidden_state[:, -1], state
+            step_mask = full.bool()[:, None, None, :]
+        state = DecodeState(cache, step_mask, cos[:, length:], sin[:, length:])
+        return lm.norm(hidden[:, -1]), state
 
     def decode_step(self, token_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        """Feed one token per row [B] through the KV cache (updating `state`); returns its hidden state [B, D].
-
-        The LM's own decoder layers, called directly: the same attention and arithmetic as LlamaModel.forward,
-        without its per-call mask construction, cache bookkeeping and output containers."""
+        """Feed one token per row [B] through the KV cache (updating `state`); returns its hidden state [B, D]."""
         lm = self.language_model.model
         hidden = lm.embed_tokens(token_ids[:, None])  # [B, 1, D]
         step = state.step
@@ -348,9 +378,9 @@ class OpenVLA(nn.Module):
         end = state.cache.length + 1
         mask = state.attention_mask[..., :end] if state.attention_mask is not None else None
         for layer in lm.layers[: lm.config.num_hidden_layers]:
-            hidden = layer(hidden, attention_mask=mask, cache=state.cache, position_embeddings=rotary)
+            hidden = decoder_layer(layer, hidden, rotary, state.cache, mask)
         state.cache.length, state.step = end, step + 1
-        return lm.norm(hidden)[:, -1]
+        return lm.norm(hidden[:, -1])
 
     def action_hidden_states(
         self,
