@@ -143,7 +143,9 @@ class PreallocatedKVCache:
         self.values = [like.new_empty(batch, heads, positions, head_dim) for _ in range(layers)]
         self.length = 0  # positions filled so far (by earlier forward passes)
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """key_states, value_states [B, H_kv, n, Dh] of the next n positions -> all keys, values so far."""
         end = self.length + key_states.shape[2]
         self.keys[layer_idx][:, :, self.length : end] = key_states
@@ -161,12 +163,14 @@ def decoder_layer(
     """One Llama decoder layer over hidden [B, n, D] with sdpa attention: LlamaDecoderLayer.forward's operations on
     its own modules (LoRA layers included), without its per-call wrappers, kwargs and attention dispatch, which cost
     more than the arithmetic for a small model's single-token steps. `mask`: [B, 1, n, T] bool (True: attend), or
-    None for plain causal attention; `rotary`: (cos, sin) [B, n, Dh] of the n positions."""
+    None for plain causal attention; `rotary`: (cos, sin) [B, n, Dh] of the n positions. Grouped key/value heads
+    (none in OpenVLA's Llama 2) go through sdpa's enable_gqa, equal to HF's single-query path up to float rounding."""
     attn = layer.self_attn
     batch, length, _ = hidden.shape
     x = layer.input_layernorm(hidden)
     query, key, value = (
-        proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+        proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
     query, key = apply_rotary_pos_emb(query, key, *rotary)
     key, value = cache.update(key, value, attn.layer_idx)
@@ -346,7 +350,8 @@ class OpenVLA(nn.Module):
         mm = self.embed_multimodal(pixel_values, input_ids, attention_mask)
         lm = self.language_model.model
         batch, length, _ = mm.inputs_embeds.shape
-        positions = torch.cat([mm.position_ids, mm.position_ids[:, -1:] + torch.arange(1, steps + 1, device=input_ids.device)], 1)
+        step_positions = mm.position_ids[:, -1:] + torch.arange(1, steps + 1, device=input_ids.device)
+        positions = torch.cat([mm.position_ids, step_positions], dim=1)
         cos, sin = lm.rotary_emb(mm.inputs_embeds, positions)  # [B, T + steps, Dh]
         # None when no row is padded (causal attention), else [B, 1, T, T] bool with each row's padding masked out.
         mask = create_causal_mask(
