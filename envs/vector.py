@@ -18,12 +18,11 @@ Seeds: the first reset, and reset(seed=s), seed env i with seed + i (s + i); res
 continue each env's own RNG stream, so a run is reproducible from its seed.
 
 Workers: for num_envs > 1 each env lives in its own process (multiprocessing "forkserver" context, which forks
-workers from a small server process instead of re-importing the caller's program each time) with OMP_NUM_THREADS=1,
-at a lower CPU priority than the caller (nice +10, WORKER_NICENESS); num_envs = 1 runs in-process unless
-in_process=False. An exception inside an env (e.g. a bad action) is re-raised in the caller and the env stays
-usable. A worker that dies (segfault, killed) is restarted with a fresh env: the step reports its episode as
-truncated with success False and info["worker_restarted"] True, info["final_obs"] being the last observation seen
-from it; the new env is seeded with seed + i + N * restarts.
+workers from a small server process instead of re-importing the caller's program each time) with
+OMP_NUM_THREADS=1; num_envs = 1 runs in-process unless in_process=False. An exception inside an env (e.g. a bad
+action) is re-raised in the caller and the env stays usable. A worker that dies (segfault, killed) is restarted with
+a fresh env: the step reports its episode as truncated with success False and info["worker_restarted"] True,
+info["final_obs"] being the last observation seen from it; the new env is seeded with seed + i + N * restarts.
 
 Per-env calls (ProcessVectorEnv only), for callers that schedule envs themselves (eval/suite.py refills an env
 whose episode ended with the next episode's seed, and steps one half of the envs while it computes the other half's
@@ -61,11 +60,6 @@ from gymnasium.vector.utils import batch_space
 from envs.registry import ACTION_DIM, get_spec, make
 
 MP_CONTEXT = "forkserver"
-# Workers yield the CPU to the process that drives them: an actor computing the next actions on the same cores
-# gets a core as soon as it has work instead of a share among N busy workers (bench_eval's throughput section,
-# 2 cores, 10 workers: suite (b)/(a) 0.38-0.42 at nice 0, 0.46-0.48 at nice 10). It only sets an order among
-# runnable processes: with a core free, a worker runs as fast as before.
-WORKER_NICENESS = 10
 
 
 def make_vec(
@@ -114,7 +108,6 @@ def _handle(env: gym.Env, command: str, payload: Any) -> Any:
 def _worker_main(conn: Connection, task_id: str, options: dict[str, Any]) -> None:
     """A worker process: build the env, report its spaces, then serve (command, payload) requests until "close"."""
     os.environ["OMP_NUM_THREADS"] = "1"  # N workers share the CPU cores; set before the simulator is imported
-    os.nice(WORKER_NICENESS)
     try:
         env = make(task_id, **options)
         conn.send(("ok", (env.observation_space, env.action_space)))

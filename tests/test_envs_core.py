@@ -11,7 +11,7 @@ import pytest
 import envs
 from envs import registry
 from envs.registry import ACTION_DIM, check_action
-from envs.vector import WORKER_NICENESS, ProcessVectorEnv, make_vec
+from envs.vector import ProcessVectorEnv, make_vec
 
 FAST_TASK = "toy/reach-side"  # numpy-only, 6-step episodes: exercises the vector machinery in milliseconds
 FAST_HORIZON = 6
@@ -139,12 +139,6 @@ def test_vector_env_restarts_a_killed_worker(vec):
     assert vec.worker_pids[1] != old_pids[1] and vec.worker_pids[0] == old_pids[0]
     obs, *_ = vec.step(np.zeros((3, ACTION_DIM), np.float32))  # and it keeps going
     assert obs in vec.observation_space
-
-
-def test_vector_env_workers_run_at_a_lower_priority_than_the_caller(vec):
-    """So that a policy computing actions on the same cores is not queued behind N busy workers."""
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
-    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in vec.worker_pids] == [min(mine + WORKER_NICENESS, 19)] * 3
 
 
 def test_vector_env_per_env_calls_step_some_envs_without_autoreset(vec):
