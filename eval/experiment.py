@@ -996,10 +996,14 @@ PRESETS: dict[str, ExperimentConfig] = {
         eval_num_envs=1, videos_per_task=0, kl_obs=64, kl_samples_per_obs=2),
     # the main CPU job: tiny VLA, Meta-World at 64 px, pi0 by behaviour cloning on 3 prior skills plus one demo of
     # the new task, window-close (the prior window-open slides the same window the other way). With that demo pi0
-    # started at 7, 8, 9 of 16 over seeds 0-2 (AMD EPYC), inside the issue's [0.2, 0.6]; the earlier new task,
-    # button-press, swung over seeds from 1/16 to 14/16 and mostly landed above 0.6 (pi0 pressed it with what it
-    # learned on button-press-topdown; neither pi0 draws, fewer steps, more prior demos nor a data mixture centred
-    # it), drawer-close gave 8, 2, 2 of 16, handle-press 3/16 (seed 0) (README, "Measured"). On button-press,
+    # started at 7, 8, 9 of 16 over seeds 0-2 (one-thread screening), 6/16 in the seed-0 main job, but 14/16 in the
+    # seed-1 main job (a pi0 of the same data differs by float rounding between machines and thread counts, and one
+    # demo makes its new-task success swing); so pi0 must start inside the issue's [0.2, 0.6] (`pi0_window`), and up
+    # to 4 pi0s are drawn (new-task demo and training seeded seed + 1000 k) until one does: 5 of the 6 window-close
+    # pi0s trained so far started inside (seed 1's second draw: 4/16). The earlier new task, button-press, swung
+    # from 1/16 to 14/16 and mostly landed above 0.6 (pi0 pressed it with what it learned on button-press-topdown;
+    # neither pi0 draws, fewer steps, more prior demos nor a data mixture centred it), drawer-close gave 8, 2, 2 of
+    # 16, handle-press 3/16 (seed 0) (README, "Measured"). On button-press,
     # REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set before the
     # runs the README reports.
     # REINFORCE draws 16 episodes from 8 initial states per update: with 8 from 2 (the first setting) the initial
@@ -1013,7 +1017,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         preset="cpu", run_dir="runs/razor-cpu", model="tiny", image_size=64,
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
         new_task="metaworld/window-close", demos_per_task=30, pi0_new_task_demos=1, pi0_steps=1500,
-        pi0_batch_size=64, pi0_lr=1e-3, methods=("reinforce", "sft"), reinforce_lrs=(1e-3, 3e-3),
+        pi0_batch_size=64, pi0_lr=1e-3, pi0_window=(0.2, 0.6), pi0_draws=4, methods=("reinforce", "sft"),
+        reinforce_lrs=(1e-3, 3e-3),
         rl_batch_sizes=(16,), rl_trajectories_per_state=2, rl_grad_accum_steps=8, ppo_lrs=(3e-4, 1e-3),
         sft_lrs=(1e-3, 3e-3), lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150,
         ppo_minibatches=4, ppo_epochs=2, ppo_reward="dense", sft_updates=360, sft_checkpoint_every=60, sft_demos=30,
@@ -1026,7 +1031,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         preset="cpu-full", run_dir="runs/razor-cpu-full", model="tiny", image_size=64,
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
         new_task="metaworld/window-close", demos_per_task=30, pi0_new_task_demos=1, pi0_steps=1500,
-        pi0_batch_size=64, pi0_lr=1e-3, methods=("reinforce", "grpo", "ppo", "sft", "sft+kl", "rft"),
+        pi0_batch_size=64, pi0_lr=1e-3, pi0_window=(0.2, 0.6), pi0_draws=4,
+        methods=("reinforce", "grpo", "ppo", "sft", "sft+kl", "rft"),
         reinforce_lrs=(1e-4, 3e-4, 1e-3), grpo_lrs=(1e-4, 3e-4, 1e-3), ppo_lrs=(1e-4, 3e-4, 1e-3),
         sft_lrs=(3e-4, 1e-3, 3e-3), rft_lrs=(3e-4, 1e-3, 3e-3), rl_batch_sizes=(16, 32), rl_trajectories_per_state=2,
         rl_grad_accum_steps=12, sft_batch_sizes=(16, 32), lr_warmup_updates=2, lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4,
