@@ -184,3 +184,14 @@ def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padd
         assert torch.equal(got, want)
     for i, layer in enumerate(out.cache.layers):
         assert torch.equal(state.cache.keys[i], layer.keys) and torch.equal(state.cache.values[i], layer.values)
+
+
+def test_the_lm_runs_sdpa_attention_whatever_the_checkpoint_config_asks():
+    """decoder_layer calls sdpa with sdpa-style masks; the LM's own forward (teacher forcing, the KL) must use the
+    same attention, even when a checkpoint's text_config names another implementation."""
+    from vla.config import preset_config
+    from vla.modeling import OpenVLA
+
+    config = preset_config("tiny")
+    config.text_config["attn_implementation"] = "eager"
+    assert OpenVLA.from_config(config).language_model.config._attn_implementation == "sdpa"

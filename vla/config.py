@@ -86,9 +86,12 @@ class OpenVLAConfig:
         return self.image_sizes[0]
 
     def llama_config(self) -> LlamaConfig:
-        # The checkpoint's dtype is chosen at load time, not by the config.
-        kwargs = {k: v for k, v in self.text_config.items() if k not in ("torch_dtype", "dtype")}
-        return LlamaConfig(**kwargs)
+        # The checkpoint's dtype is chosen at load time, not by the config. Attention is sdpa always: the cached
+        # decode path (vla.modeling.decoder_layer) calls it directly and builds its masks for it, so the LM's own
+        # forward (teacher-forced scoring, the KL) must compute the same attention.
+        ignored = ("torch_dtype", "dtype", "attn_implementation", "_attn_implementation")
+        kwargs = {k: v for k, v in self.text_config.items() if k not in ignored}
+        return LlamaConfig(**kwargs, attn_implementation="sdpa")
 
     def to_dict(self) -> dict[str, Any]:
         """config.json content: the extra keys first (as in the original file), then the model fields."""

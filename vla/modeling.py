@@ -164,7 +164,8 @@ def decoder_layer(
     its own modules (LoRA layers included), without its per-call wrappers, kwargs and attention dispatch, which cost
     more than the arithmetic for a small model's single-token steps. `mask`: [B, 1, n, T] bool (True: attend), or
     None for plain causal attention; `rotary`: (cos, sin) [B, n, Dh] of the n positions. Grouped key/value heads
-    (none in OpenVLA's Llama 2) go through sdpa's enable_gqa, equal to HF's single-query path up to float rounding."""
+    (none in OpenVLA's Llama 2) go through sdpa's enable_gqa, equal to HF's single-query path up to float rounding.
+    No attention dropout: this path only generates (OpenVLA's Llama has attention_dropout 0 anyway)."""
     attn = layer.self_attn
     batch, length, _ = hidden.shape
     x = layer.input_layernorm(hidden)
