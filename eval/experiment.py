@@ -34,7 +34,8 @@ Stages, in order (each recorded in <run_dir>/stages/ when finished; a rerun skip
                                                                                -> evals/<run>/step_<n>/predictors.json
   report           eval/analysis.py fits + plots (analysis/), eval/report.py            -> report.md
 
-A run directory made by another config is refused (ExperimentMismatch); the fields in `RESUMABLE` may change.
+A run directory made by another config is refused (ExperimentMismatch); the fields in `RESUMABLE` may change, and
+the sweep's lists in `GROWABLE` may gain items (a method, a learning rate: their runs are added to the directory).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ from rollouts.tracking import WandbMode
 
 RESUMABLE = ("run_dir", "cache_dir", "progress", "num_threads", "pi0_threads", "workers", "ray", "stage_gpus",
              "wandb", "wandb_project", "wandb_entity", "wandb_mode", "pi0_window")
+# a run's name and seed do not depend on the other items of these lists (batch-size lists are not here: a second
+# batch size renames the runs)
+GROWABLE = ("methods", "reinforce_lrs", "grpo_lrs", "ppo_lrs", "sft_lrs", "rft_lrs")
 
 METHODS = {
     "reinforce": "REINFORCE + LoRA (rollouts/reinforce.py) as RL's Razor runs it on robots: binary success reward, "
@@ -360,7 +364,7 @@ class Experiment:
         self.cache = Path(cfg.cache_dir)
         self._check_tasks()  # before the run directory is touched: a failed check leaves nothing behind
         self.stages = StageRunner(self.dir, cfg.to_dict(), ignore_keys=RESUMABLE, log=log,
-                                  defaults=dataclasses.asdict(ExperimentConfig()))
+                                  defaults=dataclasses.asdict(ExperimentConfig()), growable_keys=GROWABLE)
 
     # ---- set-up checks ----
     def _check_tasks(self) -> None:
@@ -1010,9 +1014,11 @@ PRESETS: dict[str, ExperimentConfig] = {
     # state decided the outcome, 8-18 of 24 updates had no gradient (all successes or all failures) and REINFORCE
     # did not improve on pi0 (README, "Measured"). Its update runs in 8 micro-batches (~110-300 samples): one
     # backward over a whole batch's ~1,800 steps ran at 64-69 samples/s on one thread, 4-8 micro-batches at 235-250
-    # (scripts/bench_rollouts.py --sections microbatch). 24 checkpoints (2 x 6 REINFORCE, 2 x 6 SFT). Two stages at
-    # a time (x1.16 over one at a time on 2 cores, the first version's settings). Measured wall time on the 2-core
-    # machine: see the README.
+    # (scripts/bench_rollouts.py --sections microbatch). SFT's sweep gained 3e-4 (as in cpu-full) after seed 1's
+    # windowed run: there no SFT checkpoint at 1e-3 or 3e-3 had forward KL below 0.74 nats, while REINFORCE 1e-3 lay
+    # at 0.22-0.84, so the one-curve test had no SFT point in that range (a finished run directory gains the new
+    # runs on resume: GROWABLE). 30 checkpoints (2 x 6 REINFORCE, 3 x 6 SFT). Two stages at a time (x1.16 over one
+    # at a time on 2 cores, the first version's settings). Measured wall time on the 2-core machine: see the README.
     "cpu": ExperimentConfig(
         preset="cpu", run_dir="runs/razor-cpu", model="tiny", image_size=64,
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
@@ -1020,8 +1026,8 @@ PRESETS: dict[str, ExperimentConfig] = {
         pi0_batch_size=64, pi0_lr=1e-3, pi0_window=(0.2, 0.6), pi0_draws=4, methods=("reinforce", "sft"),
         reinforce_lrs=(1e-3, 3e-3),
         rl_batch_sizes=(16,), rl_trajectories_per_state=2, rl_grad_accum_steps=8, ppo_lrs=(3e-4, 1e-3),
-        sft_lrs=(1e-3, 3e-3), lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8, ppo_num_steps=150,
-        ppo_minibatches=4, ppo_epochs=2, ppo_reward="dense", sft_updates=360, sft_checkpoint_every=60, sft_demos=30,
+        sft_lrs=(3e-4, 1e-3, 3e-3), lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8,
+        ppo_num_steps=150, ppo_minibatches=4, ppo_epochs=2, ppo_reward="dense", sft_updates=360, sft_checkpoint_every=60, sft_demos=30,
         sft_batch_sizes=(32,), rft_episodes=32, eval_episodes=16, eval_num_envs=10, videos_per_task=2, kl_obs=32,
         kl_samples_per_obs=2, workers=2),
     # the powered study on CPU (hours on 2 cores): every method, lr x batch-size sweeps, and enough episodes that a

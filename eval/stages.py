@@ -11,7 +11,8 @@ and only the stages that depend on it are skipped. A graph stopped by Ctrl-C or 
 started (whose own cleanup runs: a training stage closes its env workers) before it exits.
 
 Layout: <run_dir>/experiment.json holds the config that made the directory, written when its first stage starts
-(a start that fails its checks claims nothing; while no stage has finished, a rerun may change the config);
+(a start that fails its checks claims nothing; while no stage has finished, a rerun may change the config; a list
+named in `growable_keys`, e.g. a sweep's learning rates, may gain items on a rerun, which adds their stages);
 <run_dir>/stages/<name>.json is written (atomically) when a stage finishes, with its wall time and its JSON
 result; <run_dir>/timings.json sums them up.
 A stage that was interrupted has no record and is run again; stage functions should themselves resume partial work
@@ -59,10 +60,11 @@ class StageRunner:
     """Runs named stages once per run directory (see the module docstring)."""
 
     def __init__(self, run_dir: str | Path, config: dict, ignore_keys: tuple[str, ...] = (), log=print,
-                 defaults: dict | None = None):
+                 defaults: dict | None = None, growable_keys: tuple[str, ...] = ()):
         """`config` must be JSON-serialisable; keys in `ignore_keys` may differ on a rerun (e.g. progress bars).
         `defaults`: a key the saved config lacks (a setting added after the directory was made) counts as saved at
-        its default, which is what the run used."""
+        its default, which is what the run used. `growable_keys`: lists that may gain items on a rerun (every saved
+        item kept: what finished stays valid, the new items' stages run)."""
         self.dir = Path(run_dir)
         self.log = log
         check_writable_dir(self.dir)
@@ -71,14 +73,19 @@ class StageRunner:
         self._claimed = False
         if path.exists() and (self.dir / STAGES_DIR).is_dir() and any((self.dir / STAGES_DIR).glob("*.json")):
             saved = {**_normal({k: v for k, v in (defaults or {}).items() if k in now}), **json.loads(path.read_text())}
+            grown = {k: [x for x in now[k] if x not in saved[k]] for k in growable_keys
+                     if isinstance(saved.get(k), list) and isinstance(now.get(k), list)
+                     and all(x in now[k] for x in saved[k]) and len(now[k]) > len(saved[k])}
             diffs = [f"{k}: saved {saved.get(k, '<missing>')!r} != now {now.get(k, '<missing>')!r}"
                      for k in sorted(set(saved) | set(now))
-                     if k not in ignore_keys and saved.get(k, "<missing>") != now.get(k, "<missing>")]
+                     if k not in ignore_keys and k not in grown and saved.get(k, "<missing>") != now.get(k, "<missing>")]
             if diffs:
                 raise ExperimentMismatch(
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
                     "Rerun with the same settings to resume it, or choose another --run-dir.")
-            self._claimed = saved == now  # else `claim` records the changed resumable settings for stage processes
+            for k, added in grown.items():
+                log(f"[stages] {k} grows by {added}: their stages are added to {self.dir}")
+            self._claimed = saved == now  # else `claim` records the changed settings for stage processes
         elif not path.exists() and self.dir.is_dir() and any(self.dir.iterdir()):
             raise ExperimentMismatch(f"{self.dir} is not empty and has no {EXPERIMENT_FILE}: not an experiment "
                                      "directory of this tool; choose another --run-dir")

@@ -67,6 +67,19 @@ def test_mini_experiment_produces_every_artifact_and_resumes(tmp_path):
     with pytest.raises(ExperimentMismatch, match="updates"):
         Experiment(other, log=logs.append)
 
+    # a sweep that gains a learning rate runs only the new run's stages (and the report); dropping one is refused
+    key, m = ("sft_lrs", "sft") if HAS_SFT else ("ppo_lrs", "ppo")
+    logs.clear()
+    grown = ExperimentConfig(**{**cfg.to_dict(), key: (3e-4, 1e-3)})
+    Experiment(grown, log=logs.append).run_all()
+    ran = sorted(l for l in logs if l.startswith("[stage]") and l.endswith("..."))
+    assert ran == sorted([f"[stage] train_{m}_lr0.001 ...", "[stage] report ...",
+                          *(f"[stage] {kind}_{m}_lr0.001_step{s:06d} ..." for kind in ("eval", "predict") for s in (1, 2))]), ran
+    assert json.loads((run / "experiment.json").read_text())[key] == [3e-4, 1e-3]
+    assert f"{m}_lr0.001" in (run / "report.md").read_text()
+    with pytest.raises(ExperimentMismatch, match=key):
+        Experiment(ExperimentConfig(**{**cfg.to_dict(), key: (1e-3,)}), log=logs.append)
+
 
 def test_bad_experiment_configs(tmp_path):
     with pytest.raises(ValueError, match="also a prior task"):
