@@ -1003,8 +1003,8 @@ PRESETS: dict[str, ExperimentConfig] = {
     # started at 7, 8, 9 of 16 over seeds 0-2 (one-thread screening), 6/16 in the seed-0 main job, but 14/16 in the
     # seed-1 main job (a pi0 of the same data differs by float rounding between machines and thread counts, and one
     # demo makes its new-task success swing); so pi0 must start inside the issue's [0.2, 0.6] (`pi0_window`), and up
-    # to 4 pi0s are drawn (new-task demo and training seeded seed + 1000 k) until one does: 5 of the 6 window-close
-    # pi0s trained so far started inside (seed 1's second draw: 4/16). The earlier new task, button-press, swung
+    # to 4 pi0s are drawn (new-task demo and training seeded seed + 1000 k) until one does: 7 of the 10 window-close
+    # pi0s trained so far started inside (seed 1's second draw: 4/16; seed 2's third: 4/16). The earlier new task, button-press, swung
     # from 1/16 to 14/16 and mostly landed above 0.6 (pi0 pressed it with what it learned on button-press-topdown;
     # neither pi0 draws, fewer steps, more prior demos nor a data mixture centred it), drawer-close gave 8, 2, 2 of
     # 16, handle-press 3/16 (seed 0) (README, "Measured"). On button-press,
