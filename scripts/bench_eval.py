@@ -22,6 +22,10 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
       (c) collect: rollouts.collect.collect (PPO's sampling, values included) for --tp-steps steps of every env,
     and the ratios (b)/(a) and (c)/(a). The three run one after the other in one process on one machine, so the
     ratios are comparable across runs even where the absolute figures are not (a shared machine is noisy).
+    On Linux also, for (a) and (b), how busy the machine's cores were (`*_cpu_busy`, from /proc/stat over the
+    middle 80% of the measured span: start-up and shutdown excluded) and the CPU time per env step
+    (`*_core_ms_per_step` = busy fraction x cores / steps per s): what separates (b) from (a) is then split into
+    idle cores (waiting) and extra work per step (the policy and the loop).
   - start-up (--sections startup; the cpu experiment's 4 tasks, 10 envs each, no policy): seconds to have every task's
     envs built and reset and then closed, a new vector env per task (how evaluations ran before) against one vector
     env switched from task to task (envs' switch_task, how eval.suite.evaluate runs a suite now).
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,9 +168,52 @@ def kl_section(args: Args) -> dict[str, float]:
     return out
 
 
-def ceiling_steps_per_s(task: str, num_envs: int, steps: int, env_options: dict, seed: int = 0) -> float:
+class CpuBusy:
+    """The machine's CPU busy fraction over a span of time: /proc/stat's totals sampled every `interval` s by a
+    thread (Linux; `busy` gives None elsewhere). Use as a context manager around what is measured."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval, self.samples, self._stop = interval, [], threading.Event()
+        self.available = os.path.exists("/proc/stat")
+
+    @staticmethod
+    def _read() -> tuple[float, int, int]:
+        with open("/proc/stat") as f:
+            jiffies = [int(x) for x in f.readline().split()[1:]]
+        idle = jiffies[3] + jiffies[4]  # idle + iowait
+        return time.perf_counter(), sum(jiffies) - idle, sum(jiffies)
+
+    def __enter__(self) -> "CpuBusy":
+        def sample():
+            while not self._stop.is_set():
+                self.samples.append(self._read())
+                self._stop.wait(self.interval)
+
+        if self.available:
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.available:
+            self._stop.set()
+            self._thread.join()
+
+    def busy(self, t0: float, t1: float) -> float | None:
+        """Busy fraction of all cores between perf_counter times t0 and t1, over the middle 80% of the span (None
+        without /proc/stat or with too few samples in it)."""
+        lo, hi = t0 + 0.1 * (t1 - t0), t1 - 0.1 * (t1 - t0)
+        inside = [s for s in self.samples if lo <= s[0] <= hi]
+        if len(inside) < 2 or inside[-1][2] == inside[0][2]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+
+
+def ceiling_steps_per_s(task: str, num_envs: int, steps: int, env_options: dict, seed: int = 0,
+                        spans: list | None = None) -> float:
     """(a) env steps/s of make_vec(task, num_envs) stepped `steps` times with random actions, no policy (autoresets
-    included; worker start-up and the first frame, which creates the GL context, excluded)."""
+    included; worker start-up and the first frame, which creates the GL context, excluded). `spans`: the measured
+    (start, end) perf_counter times are appended to it."""
     import envs
 
     vec = envs.make_vec(task, num_envs, seed=seed, **env_options)
@@ -174,7 +223,10 @@ def ceiling_steps_per_s(task: str, num_envs: int, steps: int, env_options: dict,
         t0 = time.perf_counter()
         for _ in range(steps):
             vec.step(rng.uniform(vec.action_space.low, vec.action_space.high).astype(np.float32))
-        return num_envs * steps / (time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        if spans is not None:
+            spans.append((t0, t1))
+        return num_envs * steps / (t1 - t0)
     finally:
         vec.close()
 
@@ -230,28 +282,39 @@ def throughput_section(args: Args) -> dict[str, float]:
     if evaluated.dtype == torch.float32:  # as evaluate_checkpoint runs a checkpoint: the adapter folded in
         evaluated.merge_adapters()
     out: dict[str, float] = {}
-    ceiling = [ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options)]
+    spans: dict[str, list] = {"a_ceiling": []}  # (start, end) of each measurement, for the CPU accounting
+    with CpuBusy() as cpu:
+        ceiling = [ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options,
+                                       spans=spans["a_ceiling"])]
+        suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
+        for overlap in args.tp_overlap:
+            result = evaluate(vla_actor(evaluated), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
+            end = time.perf_counter()  # the task ended just before: evaluate then only closes its env workers
+            name = f"b_suite{'_overlap' if overlap else ''}"
+            spans[name] = [(end - result.wall_s, end)]
+            out[f"{name}_steps_per_s"] = float(np.sum(result.episode_len)) / result.wall_s
 
-    suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
-    for overlap in args.tp_overlap:
-        result = evaluate(vla_actor(evaluated), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
-        key = f"b_suite{'_overlap' if overlap else ''}_steps_per_s"
-        out[key] = float(np.sum(result.episode_len)) / result.wall_s
-
-    vec = envs.make_vec(args.tp_task, args.tp_envs, seed=0, **env_options)
-    try:
-        t0 = time.perf_counter()
-        generator = torch.Generator().manual_seed(0)
-        rollout = collect(policy, vec, args.tp_steps, list(range(args.tp_envs)), generator=generator)
-        out["c_collect_steps_per_s"] = args.tp_envs * rollout.num_steps / (time.perf_counter() - t0)
-    finally:
-        vec.close()
-    # measured before and after (b) and (c), so that a change of load on a shared machine hits both sides alike
-    ceiling.append(ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options))
+        vec = envs.make_vec(args.tp_task, args.tp_envs, seed=0, **env_options)
+        try:
+            t0 = time.perf_counter()
+            generator = torch.Generator().manual_seed(0)
+            rollout = collect(policy, vec, args.tp_steps, list(range(args.tp_envs)), generator=generator)
+            out["c_collect_steps_per_s"] = args.tp_envs * rollout.num_steps / (time.perf_counter() - t0)
+        finally:
+            vec.close()
+        # measured before and after (b) and (c), so that a change of load on a shared machine hits both sides alike
+        ceiling.append(ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options,
+                                           spans=spans["a_ceiling"]))
     out["a_ceiling_steps_per_s"] = float(np.mean(ceiling))
-    for key in [k for k in out if k.startswith("b_suite")]:
+    for key in [k for k in out if k.startswith("b_suite") and k.endswith("_steps_per_s")]:
         out[key.replace("_steps_per_s", "_over_a")] = out[key] / out["a_ceiling_steps_per_s"]
     out["c_collect_over_a"] = out["c_collect_steps_per_s"] / out["a_ceiling_steps_per_s"]
+    for name, measured in spans.items():
+        busy = [cpu.busy(t0, t1) for t0, t1 in measured]
+        if None not in busy:
+            out[f"{name}_cpu_busy"] = float(np.mean(busy))
+            out[f"{name}_core_ms_per_step"] = (1000 * out[f"{name}_cpu_busy"] * os.cpu_count()
+                                               / out[f"{name}_steps_per_s"])
     return out
 
 

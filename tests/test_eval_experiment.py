@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,23 @@ def test_bench_eval_smoke():
     assert out["kl_measure_s"] > 0 and out["ppo_update_s"] > 0 and out["suite_toy/reach-side_episodes_per_s"] > 0
     assert out["a_ceiling_steps_per_s"] > 0 and out["b_suite_over_a"] > 0 and out["b_suite_overlap_over_a"] > 0
     assert out["c_collect_over_a"] > 0 and out["startup_fresh_s"] > 0 and out["startup_switched_s"] > 0
+
+
+def test_cpu_busy_counts_a_spinning_core():
+    from scripts.bench_eval import CpuBusy
+
+    if not CpuBusy().available:
+        pytest.skip("no /proc/stat on this system: CpuBusy reports nothing")
+    with CpuBusy(interval=0.05) as cpu:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:  # one core spinning
+            pass
+        t1 = time.perf_counter()
+        time.sleep(1.0)
+        t2 = time.perf_counter()
+    spinning, sleeping = cpu.busy(t0, t1), cpu.busy(t1, t2)
+    assert 0.8 / os.cpu_count() <= spinning <= 1 and 0 <= sleeping <= 1  # other processes may add to either
+    assert cpu.busy(t2 + 10, t2 + 11) is None  # no samples there
 
 
 def test_adapter_that_does_not_fit_the_base_is_a_clear_error(tmp_path):
