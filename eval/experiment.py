@@ -1004,10 +1004,10 @@ PRESETS: dict[str, ExperimentConfig] = {
     # seed-1 main job (a pi0 of the same data differs by float rounding between machines and thread counts, and one
     # demo makes its new-task success swing); so pi0 must start inside the issue's [0.2, 0.6] (`pi0_window`), and up
     # to 4 pi0s are drawn (new-task demo and training seeded seed + 1000 k) until one does: 7 of the 10 window-close
-    # pi0s trained so far started inside (seed 1's second draw: 4/16; seed 2's third: 4/16). The earlier new task, button-press, swung
-    # from 1/16 to 14/16 and mostly landed above 0.6 (pi0 pressed it with what it learned on button-press-topdown;
-    # neither pi0 draws, fewer steps, more prior demos nor a data mixture centred it), drawer-close gave 8, 2, 2 of
-    # 16, handle-press 3/16 (seed 0) (README, "Measured"). On button-press,
+    # pi0s trained so far started inside (seed 1's second draw: 4/16; seed 2's third: 4/16). The earlier new task,
+    # button-press, swung from 1/16 to 14/16 and mostly landed above 0.6 (pi0 pressed it with what it learned on
+    # button-press-topdown; neither pi0 draws, fewer steps, more prior demos nor a data mixture centred it),
+    # drawer-close gave 8, 2, 2 of 16, handle-press 3/16 (seed 0) (README, "Measured"). On button-press,
     # REINFORCE at 3e-4 moved forward KL by 0.01 nats in 24 updates, so its sweep is 1e-3 and 3e-3, set before the
     # runs the README reports.
     # REINFORCE draws 16 episodes from 8 initial states per update: with 8 from 2 (the first setting) the initial
@@ -1024,12 +1024,11 @@ PRESETS: dict[str, ExperimentConfig] = {
         prior_tasks=("metaworld/button-press-topdown", "metaworld/drawer-open", "metaworld/window-open"),
         new_task="metaworld/window-close", demos_per_task=30, pi0_new_task_demos=1, pi0_steps=1500,
         pi0_batch_size=64, pi0_lr=1e-3, pi0_window=(0.2, 0.6), pi0_draws=4, methods=("reinforce", "sft"),
-        reinforce_lrs=(1e-3, 3e-3),
-        rl_batch_sizes=(16,), rl_trajectories_per_state=2, rl_grad_accum_steps=8, ppo_lrs=(3e-4, 1e-3),
-        sft_lrs=(3e-4, 1e-3, 3e-3), lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4, ppo_num_envs=8,
-        ppo_num_steps=150, ppo_minibatches=4, ppo_epochs=2, ppo_reward="dense", sft_updates=360, sft_checkpoint_every=60, sft_demos=30,
-        sft_batch_sizes=(32,), rft_episodes=32, eval_episodes=16, eval_num_envs=10, videos_per_task=2, kl_obs=32,
-        kl_samples_per_obs=2, workers=2),
+        reinforce_lrs=(1e-3, 3e-3), rl_batch_sizes=(16,), rl_trajectories_per_state=2, rl_grad_accum_steps=8,
+        ppo_lrs=(3e-4, 1e-3), sft_lrs=(3e-4, 1e-3, 3e-3), lora_rank=16, lora_alpha=16, updates=24, checkpoint_every=4,
+        ppo_num_envs=8, ppo_num_steps=150, ppo_minibatches=4, ppo_epochs=2, ppo_reward="dense", sft_updates=360,
+        sft_checkpoint_every=60, sft_demos=30, sft_batch_sizes=(32,), rft_episodes=32, eval_episodes=16,
+        eval_num_envs=10, videos_per_task=2, kl_obs=32, kl_samples_per_obs=2, workers=2),
     # the powered study on CPU (hours on 2 cores): every method, lr x batch-size sweeps, and enough episodes that a
     # checkpoint's forgetting has standard error <= 0.03 even in the worst case (eval/study.py's episodes_for_se:
     # 3 prior tasks, paired-difference variance <= 0.5 per task -> 186 episodes; 192 = a whole number of waves)

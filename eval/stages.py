@@ -77,8 +77,8 @@ class StageRunner:
                      if isinstance(saved.get(k), list) and isinstance(now.get(k), list)
                      and all(x in now[k] for x in saved[k]) and len(now[k]) > len(saved[k])}
             diffs = [f"{k}: saved {saved.get(k, '<missing>')!r} != now {now.get(k, '<missing>')!r}"
-                     for k in sorted(set(saved) | set(now))
-                     if k not in ignore_keys and k not in grown and saved.get(k, "<missing>") != now.get(k, "<missing>")]
+                     for k in sorted(set(saved) | set(now)) if k not in ignore_keys and k not in grown
+                     and saved.get(k, "<missing>") != now.get(k, "<missing>")]
             if diffs:
                 raise ExperimentMismatch(
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
