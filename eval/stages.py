@@ -80,9 +80,11 @@ class StageRunner:
                      for k in sorted(set(saved) | set(now)) if k not in ignore_keys and k not in grown
                      and saved.get(k, "<missing>") != now.get(k, "<missing>")]
             if diffs:
+                shrunk = [k for k in growable_keys if k in saved and saved.get(k) != now.get(k)]
                 raise ExperimentMismatch(
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
-                    "Rerun with the same settings to resume it, or choose another --run-dir.")
+                    + (f"{', '.join(shrunk)} may only gain items (keep every saved one). " if shrunk else "")
+                    + "Rerun with the same settings to resume it, or choose another --run-dir.")
             for k, added in grown.items():
                 log(f"[stages] {k} grows by {added}: their stages are added to {self.dir}")
             self._claimed = saved == now  # else `claim` records the changed settings for stage processes

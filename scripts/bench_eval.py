@@ -22,8 +22,8 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
       (c) collect: rollouts.collect.collect (PPO's sampling, values included) for --tp-steps steps of every env,
     and the ratios (b)/(a) and (c)/(a). The three run one after the other in one process on one machine, so the
     ratios are comparable across runs even where the absolute figures are not (a shared machine is noisy).
-    On Linux also, for (a) and (b), how busy the machine's cores were (`*_cpu_busy`, from /proc/stat over the
-    middle 80% of the measured span: start-up and shutdown excluded) and the CPU time per env step
+    Also, for (a) and (b), how busy the machine's cores were (`*_cpu_busy`, psutil's CPU times over the middle 80%
+    of the measured span: start-up and shutdown excluded) and the CPU time per env step
     (`*_core_ms_per_step` = busy fraction x cores / steps per s): what separates (b) from (a) is then split into
     idle cores (waiting) and extra work per step (the policy and the loop).
   - start-up (--sections startup; the cpu experiment's 4 tasks, 10 envs each, no policy): seconds to have every task's
@@ -169,19 +169,19 @@ def kl_section(args: Args) -> dict[str, float]:
 
 
 class CpuBusy:
-    """The machine's CPU busy fraction over a span of time: /proc/stat's totals sampled every `interval` s by a
-    thread (Linux; `busy` gives None elsewhere). Use as a context manager around what is measured."""
+    """The machine's CPU busy fraction over a span of time: psutil's CPU time totals sampled every `interval` s by a
+    thread. Use as a context manager around what is measured."""
 
     def __init__(self, interval: float = 0.1):
         self.interval, self.samples, self._stop = interval, [], threading.Event()
-        self.available = os.path.exists("/proc/stat")
 
     @staticmethod
-    def _read() -> tuple[float, int, int]:
-        with open("/proc/stat") as f:
-            jiffies = [int(x) for x in f.readline().split()[1:]]
-        idle = jiffies[3] + jiffies[4]  # idle + iowait
-        return time.perf_counter(), sum(jiffies) - idle, sum(jiffies)
+    def _read() -> tuple[float, float, float]:
+        import psutil
+
+        times = psutil.cpu_times()
+        total = sum(times)
+        return time.perf_counter(), total - times.idle - getattr(times, "iowait", 0.0), total
 
     def __enter__(self) -> "CpuBusy":
         def sample():
@@ -189,24 +189,23 @@ class CpuBusy:
                 self.samples.append(self._read())
                 self._stop.wait(self.interval)
 
-        if self.available:
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.available:
-            self._stop.set()
-            self._thread.join()
+        self._stop.set()
+        self._thread.join()
 
     def busy(self, t0: float, t1: float) -> float | None:
         """Busy fraction of all cores between perf_counter times t0 and t1, over the middle 80% of the span (None
-        without /proc/stat or with too few samples in it)."""
+        with too few samples in it)."""
         lo, hi = t0 + 0.1 * (t1 - t0), t1 - 0.1 * (t1 - t0)
         inside = [s for s in self.samples if lo <= s[0] <= hi]
         if len(inside) < 2 or inside[-1][2] == inside[0][2]:
             return None
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+        busy = (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+        return min(1.0, max(0.0, busy))  # psutil's times are float seconds: an idle span can round below 0
 
 
 def ceiling_steps_per_s(task: str, num_envs: int, steps: int, env_options: dict, seed: int = 0,
