@@ -153,6 +153,19 @@ class PreallocatedKVCache:
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
 
 
+def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`; a plain nn.Linear without hooks is applied with F.linear directly (what its forward does), LoRA
+    layers and hooked modules through their forward. A small model's single-token step is mostly per-call overhead."""
+    if type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
+        return F.linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """LlamaMLP.forward, down(act(gate(x)) * up(x)), through `_linear`."""
+    return _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, x)) * _linear(mlp.up_proj, x))
+
+
 def decoder_layer(
     layer: LlamaDecoderLayer,
     hidden: torch.Tensor,
@@ -162,15 +175,15 @@ def decoder_layer(
 ) -> torch.Tensor:
     """One Llama decoder layer over hidden [B, n, D] with sdpa attention: LlamaDecoderLayer.forward's operations on
     its own modules (LoRA layers included), without its per-call wrappers, kwargs and attention dispatch, which cost
-    more than the arithmetic for a small model's single-token steps. `mask`: [B, 1, n, T] bool (True: attend), or
-    None for plain causal attention; `rotary`: (cos, sin) [B, n, Dh] of the n positions. Grouped key/value heads
-    (none in OpenVLA's Llama 2) go through sdpa's enable_gqa, equal to HF's single-query path up to float rounding.
-    No attention dropout: this path only generates (OpenVLA's Llama has attention_dropout 0 anyway)."""
+    more than the arithmetic for a small model. `mask`: [B, 1, n, T] bool (True: attend), or None for plain causal
+    attention; `rotary`: (cos, sin) [B, n, Dh] of the n positions. Grouped key/value heads (none in OpenVLA's
+    Llama 2) go through sdpa's enable_gqa, equal to HF's single-query path up to float rounding. No attention
+    dropout: this path only generates (OpenVLA's Llama has attention_dropout 0 anyway)."""
     attn = layer.self_attn
     batch, length, _ = hidden.shape
     x = layer.input_layernorm(hidden)
     query, key, value = (
-        proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        _linear(proj, x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
     query, key = apply_rotary_pos_emb(query, key, *rotary)
@@ -179,8 +192,33 @@ def decoder_layer(
         query, key, value, attn_mask=mask, scale=attn.scaling, is_causal=mask is None and length > 1,
         enable_gqa=attn.num_key_value_groups > 1,
     )
-    hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    hidden = hidden + _linear(attn.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
+    return hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+
+
+def decoder_layer_step(
+    layer: LlamaDecoderLayer,
+    hidden: torch.Tensor,
+    rotary: tuple[torch.Tensor, torch.Tensor],
+    cache: PreallocatedKVCache,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """`decoder_layer` for one new token per row, on hidden [B, D] without the sequence axis: the same operations on
+    the same numbers (equal bit for bit, tested), with fewer reshapes. `rotary`: (cos, sin) [B, Dh] of the token's
+    position; `mask`: [B, 1, 1, T] bool or None."""
+    attn = layer.self_attn
+    batch = hidden.shape[0]
+    x = layer.input_layernorm(hidden)
+    query, key, value = (
+        _linear(proj, x).view(batch, -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+    )  # [B, H, Dh]
+    query, key = apply_rotary_pos_emb(query, key, *rotary)  # cos, sin broadcast over the heads
+    key, value = cache.update(key[:, :, None], value[:, :, None], attn.layer_idx)
+    out = F.scaled_dot_product_attention(
+        query[:, :, None], key, value, attn_mask=mask, scale=attn.scaling, enable_gqa=attn.num_key_value_groups > 1
+    )  # [B, H, 1, Dh]
+    hidden = hidden + _linear(attn.o_proj, out.reshape(batch, -1))
+    return hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden))
 
 
 @dataclass
@@ -378,15 +416,15 @@ class OpenVLA(nn.Module):
     def decode_step(self, token_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed one token per row [B] through the KV cache (updating `state`); returns its hidden state [B, D]."""
         lm = self.language_model.model
-        hidden = lm.embed_tokens(token_ids[:, None])  # [B, 1, D]
+        hidden = lm.embed_tokens(token_ids)  # [B, D]
         step = state.step
-        rotary = (state.cos[:, step : step + 1], state.sin[:, step : step + 1])
+        rotary = (state.cos[:, step], state.sin[:, step])
         end = state.cache.length + 1
         mask = state.attention_mask[..., :end] if state.attention_mask is not None else None
         for layer in lm.layers[: lm.config.num_hidden_layers]:
-            hidden = decoder_layer(layer, hidden, rotary, state.cache, mask)
+            hidden = decoder_layer_step(layer, hidden, rotary, state.cache, mask)
         state.cache.length, state.step = end, step + 1
-        return lm.norm(hidden[:, -1])
+        return lm.norm(hidden)
 
     def action_hidden_states(
         self,
