@@ -16,13 +16,16 @@ Prints one table; numbers are wall-clock on this machine (which may be shared: s
     10 envs), env steps/s of
       (a) ceiling: the same vector env stepped with random actions and no policy (what the simulator allows with
           that many workers; the mean of one measurement before (b) and one after (c)),
+      (b0) the suite's loop alone: eval.suite.evaluate with a free actor (seeded random actions, no policy), as
+          (b) counts: what the loop (refills, the last episodes' partly filled waves, waking the workers after
+          each batch of actions) leaves of (a) before any policy runs, the bound on (b)/(a);
       (b) suite: eval.suite.evaluate (with and without `overlap`), useful steps (the sum of episode lengths) per
           second of TaskResult.wall_s (which, as in every evaluation, includes the workers' first frames but not
           their start-up),
       (c) collect: rollouts.collect.collect (PPO's sampling, values included) for --tp-steps steps of every env,
-    and the ratios (b)/(a) and (c)/(a). The three run one after the other in one process on one machine, so the
+    and the ratios (b0)/(a), (b)/(a) and (c)/(a). They run one after the other in one process on one machine, so the
     ratios are comparable across runs even where the absolute figures are not (a shared machine is noisy).
-    Also, for (a) and (b), how busy the machine's cores were (`*_cpu_busy`, psutil's CPU times over the middle 80%
+    Also, for (a), (b0) and (b), how busy the machine's cores were (`*_cpu_busy`, psutil's CPU times over the middle 80%
     of the measured span: start-up and shutdown excluded) and the CPU time per env step
     (`*_core_ms_per_step` = busy fraction x cores / steps per s): what separates (b) from (a) is then split into
     idle cores (waiting) and extra work per step (the policy and the loop).
@@ -263,11 +266,12 @@ def startup_section(args: Args) -> dict[str, float]:
 
 
 def throughput_section(args: Args) -> dict[str, float]:
-    """(a) ceiling, (b) suite, (c) collect on the cpu experiment's evaluation settings (see the module docstring)."""
+    """(a) ceiling, (b0) free actor, (b) suite, (c) collect on the cpu experiment's evaluation settings (docstring)."""
     import envs
     from eval.evaluate import load_policy
     from eval.suite import Suite, SuiteTask, evaluate, vla_actor
     from rollouts.collect import collect
+    from vla.config import ACTION_DIM
     from vla.lora import LoraSettings
     from vla.policy import VLAPolicy
 
@@ -286,10 +290,17 @@ def throughput_section(args: Args) -> dict[str, float]:
         ceiling = [ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options,
                                        spans=spans["a_ceiling"])]
         suite = Suite("bench", [SuiteTask(args.tp_task, args.tp_episodes)], env_options=env_options)
-        for overlap in args.tp_overlap:
-            result = evaluate(vla_actor(evaluated), suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
+        rng = np.random.default_rng(0)
+
+        def free_actor(images: np.ndarray, instructions: list[str]) -> np.ndarray:
+            return rng.uniform(-1, 1, (len(images), ACTION_DIM)).astype(np.float32)
+
+        runs = [("b0_free_actor", free_actor, False)]
+        runs += [(f"b_suite{'_overlap' if overlap else ''}", vla_actor(evaluated), overlap)
+                 for overlap in args.tp_overlap]
+        for name, actor, overlap in runs:
+            result = evaluate(actor, suite, num_envs=args.tp_envs, overlap=overlap)[args.tp_task]
             end = time.perf_counter()  # the task ended just before: evaluate then only closes its env workers
-            name = f"b_suite{'_overlap' if overlap else ''}"
             spans[name] = [(end - result.wall_s, end)]
             out[f"{name}_steps_per_s"] = float(np.sum(result.episode_len)) / result.wall_s
 
@@ -305,7 +316,7 @@ def throughput_section(args: Args) -> dict[str, float]:
         ceiling.append(ceiling_steps_per_s(args.tp_task, args.tp_envs, args.tp_steps, env_options,
                                            spans=spans["a_ceiling"]))
     out["a_ceiling_steps_per_s"] = float(np.mean(ceiling))
-    for key in [k for k in out if k.startswith("b_suite") and k.endswith("_steps_per_s")]:
+    for key in [k for k in out if k.startswith("b") and k.endswith("_steps_per_s")]:
         out[key.replace("_steps_per_s", "_over_a")] = out[key] / out["a_ceiling_steps_per_s"]
     out["c_collect_over_a"] = out["c_collect_steps_per_s"] / out["a_ceiling_steps_per_s"]
     for name, measured in spans.items():

@@ -208,6 +208,7 @@ def test_bench_eval_smoke():
                     startup_tasks=("toy/reach-side", "toy/color-side")))
     assert out["kl_measure_s"] > 0 and out["ppo_update_s"] > 0 and out["suite_toy/reach-side_episodes_per_s"] > 0
     assert out["a_ceiling_steps_per_s"] > 0 and out["b_suite_over_a"] > 0 and out["b_suite_overlap_over_a"] > 0
+    assert out["b0_free_actor_over_a"] > 0
     assert out["c_collect_over_a"] > 0 and out["startup_fresh_s"] > 0 and out["startup_switched_s"] > 0
 
 
