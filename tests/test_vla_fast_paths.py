@@ -152,16 +152,19 @@ def test_precomputed_patch_embeddings_give_identical_scores_and_gradients():
 
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("merged", [False, True])
-def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padded, merged):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padded, merged, dtype):
     """prefill/decode_step run the decoder layers through vla.modeling.decoder_layer / decoder_layer_step: the same
     operations as LlamaModel.forward with a DynamicCache (Hugging Face's own path), so hidden states and keys/values
     are equal, not merely close; with LoRA layers in the LM and with the adapter merged (plain nn.Linear layers, which
-    the fast path applies with F.linear), with and without left padding."""
+    the fast path applies with F.linear), with and without left padding, in float32 and in bfloat16 (the dtype on
+    a GPU: norms and rotary embeddings round there between operators)."""
     from transformers import DynamicCache
 
     policy = adapted_policy(lm_head=False)
     if merged:
         policy.merge_adapters()
+    policy.to(dtype)
     assert any("lora" in type(m).__module__ for m in policy.vla.modules()) != merged
     images, instructions = observations(6)
     if not padded:

@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import LlamaForCausalLM
 from transformers.masking_utils import create_causal_mask
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vla.checkpoint import MissingCheckpointError, atomic_directory, load_into, read_weight_map, save_sharded
@@ -166,6 +166,29 @@ def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _linear(mlp.down_proj, mlp.act_fn(_linear(mlp.gate_proj, x)) * _linear(mlp.up_proj, x))
 
 
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm.forward's operations (statistics in float32, the weight applied in the input's dtype) without
+    its module call and dtype round trips, which cost a small model's step more than the arithmetic."""
+    if type(norm) is not LlamaRMSNorm:
+        return norm(x)
+    x32 = x.float()
+    inverse_rms = x32.pow(2).mean(-1, keepdim=True).add_(norm.variance_epsilon).rsqrt_()
+    return norm.weight * (x32 * inverse_rms).to(x.dtype)
+
+
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with the first half of the last axis negated, for `_rotate`."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding, x * cos + rotate_half(x) * sin, as x * cos + roll(x) * signed_sin: rotate_half(x) is
+    roll(x) with its first half negated, and moving that sign onto sin gives the same products (negation is exact),
+    in fewer operators."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
 def decoder_layer(
     layer: LlamaDecoderLayer,
     hidden: torch.Tensor,
@@ -176,24 +199,24 @@ def decoder_layer(
     """One Llama decoder layer over hidden [B, n, D] with sdpa attention: LlamaDecoderLayer.forward's operations on
     its own modules (LoRA layers included), without its per-call wrappers, kwargs and attention dispatch, which cost
     more than the arithmetic for a small model. `mask`: [B, 1, n, T] bool (True: attend), or None for plain causal
-    attention; `rotary`: (cos, sin) [B, n, Dh] of the n positions. Grouped key/value heads (none in OpenVLA's
-    Llama 2) go through sdpa's enable_gqa, equal to HF's single-query path up to float rounding. No attention
+    attention; `rotary`: (cos, `_signed_sin`) [B, 1, n, Dh] of the n positions. Grouped key/value heads (none in
+    OpenVLA's Llama 2) go through sdpa's enable_gqa, equal to HF's single-query path up to float rounding. No attention
     dropout: this path only generates (OpenVLA's Llama has attention_dropout 0 anyway)."""
     attn = layer.self_attn
     batch, length, _ = hidden.shape
-    x = layer.input_layernorm(hidden)
+    x = _rms_norm(layer.input_layernorm, hidden)
     query, key, value = (
         _linear(proj, x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
-    query, key = apply_rotary_pos_emb(query, key, *rotary)
+    query, key = _rotate(query, *rotary), _rotate(key, *rotary)
     key, value = cache.update(key, value, attn.layer_idx)
     out = F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, scale=attn.scaling, is_causal=mask is None and length > 1,
         enable_gqa=attn.num_key_value_groups > 1,
     )
     hidden = hidden + _linear(attn.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
-    return hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+    return hidden + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
 
 
 def decoder_layer_step(
@@ -204,21 +227,21 @@ def decoder_layer_step(
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """`decoder_layer` for one new token per row, on hidden [B, D] without the sequence axis: the same operations on
-    the same numbers (equal bit for bit, tested), with fewer reshapes. `rotary`: (cos, sin) [B, Dh] of the token's
-    position; `mask`: [B, 1, 1, T] bool or None."""
+    the same numbers (equal bit for bit, tested), with fewer reshapes. `rotary`: (cos, `_signed_sin`) [B, 1, Dh] of
+    the token's position; `mask`: [B, 1, 1, T] bool or None."""
     attn = layer.self_attn
     batch = hidden.shape[0]
-    x = layer.input_layernorm(hidden)
+    x = _rms_norm(layer.input_layernorm, hidden)
     query, key, value = (
         _linear(proj, x).view(batch, -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )  # [B, H, Dh]
-    query, key = apply_rotary_pos_emb(query, key, *rotary)  # cos, sin broadcast over the heads
+    query, key = _rotate(query, *rotary), _rotate(key, *rotary)
     key, value = cache.update(key[:, :, None], value[:, :, None], attn.layer_idx)
     out = F.scaled_dot_product_attention(
         query[:, :, None], key, value, attn_mask=mask, scale=attn.scaling, enable_gqa=attn.num_key_value_groups > 1
     )  # [B, H, 1, Dh]
     hidden = hidden + _linear(attn.o_proj, out.reshape(batch, -1))
-    return hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+    return hidden + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
 
 
 @dataclass
@@ -227,8 +250,8 @@ class DecodeState:
 
     cache: PreallocatedKVCache
     attention_mask: torch.Tensor | None  # [B, 1, 1, T + steps] bool (True: attend), None without padding
-    cos: torch.Tensor  # [B, steps, Dh] rotary embedding of each decode step's position
-    sin: torch.Tensor  # [B, steps, Dh]
+    cos: torch.Tensor  # [B, steps, 1, Dh] rotary embedding of each decode step's position
+    signed_sin: torch.Tensor  # [B, steps, 1, Dh]: `_signed_sin` of its sin
     step: int = 0  # decode steps done
 
 
@@ -392,6 +415,7 @@ class OpenVLA(nn.Module):
         step_positions = mm.position_ids[:, -1:] + torch.arange(1, steps + 1, device=input_ids.device)
         positions = torch.cat([mm.position_ids, step_positions], dim=1)
         cos, sin = lm.rotary_emb(mm.inputs_embeds, positions)  # [B, T + steps, Dh]
+        cos, signed_sin = cos[:, None], _signed_sin(sin)[:, None]  # [B, 1, T + steps, Dh]: broadcast over the heads
         # None when no row is padded (causal attention), else [B, 1, T, T] bool with each row's padding masked out.
         mask = create_causal_mask(
             config=lm.config, inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, cache=None,
@@ -404,27 +428,27 @@ class OpenVLA(nn.Module):
         )
         hidden = mm.inputs_embeds
         for layer in layers:
-            hidden = decoder_layer(layer, hidden, (cos[:, :length], sin[:, :length]), cache, mask)
+            hidden = decoder_layer(layer, hidden, (cos[:, :, :length], signed_sin[:, :, :length]), cache, mask)
         cache.length = length
         step_mask = None
         if mask is not None:
             full = torch.cat([mm.attention_mask, mm.attention_mask.new_ones(batch, steps)], dim=1)
             step_mask = full.bool()[:, None, None, :]
-        state = DecodeState(cache, step_mask, cos[:, length:], sin[:, length:])
-        return lm.norm(hidden[:, -1]), state
+        state = DecodeState(cache, step_mask, cos[:, 0, length:, None], signed_sin[:, 0, length:, None])
+        return _rms_norm(lm.norm, hidden[:, -1]), state
 
     def decode_step(self, token_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed one token per row [B] through the KV cache (updating `state`); returns its hidden state [B, D]."""
         lm = self.language_model.model
         hidden = lm.embed_tokens(token_ids)  # [B, D]
         step = state.step
-        rotary = (state.cos[:, step], state.sin[:, step])
+        rotary = (state.cos[:, step], state.signed_sin[:, step])
         end = state.cache.length + 1
         mask = state.attention_mask[..., :end] if state.attention_mask is not None else None
         for layer in lm.layers[: lm.config.num_hidden_layers]:
             hidden = decoder_layer_step(layer, hidden, rotary, state.cache, mask)
         state.cache.length, state.step = end, step + 1
-        return lm.norm(hidden)
+        return _rms_norm(lm.norm, hidden)
 
     def action_hidden_states(
         self,
