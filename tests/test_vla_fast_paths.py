@@ -1,6 +1,8 @@
 """The fast generation paths give today's actions: the cached decode loop against a full recompute, merged LoRA
 against unmerged LoRA, and sampled log-probs against teacher-forced scoring (tiny preset + adapter, fp32, CPU)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -151,21 +153,32 @@ def test_precomputed_patch_embeddings_give_identical_scores_and_gradients():
 
 
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("adapter", ["active", "disabled", "merged"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padded, merged, dtype):
+def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padded, adapter, dtype):
     """prefill/decode_step run the decoder layers through vla.modeling.decoder_layer / decoder_layer_step: the same
-    operations as LlamaModel.forward with a DynamicCache (Hugging Face's own path), so hidden states and keys/values
-    are equal, not merely close; with LoRA layers in the LM and with the adapter merged (plain nn.Linear layers, which
-    the fast path applies with F.linear), with and without left padding, in float32 and in bfloat16 (the dtype on
-    a GPU: norms and rotary embeddings round there between operators)."""
-    from transformers import DynamicCache
+    operations as LlamaModel.forward with a DynamicCache (Hugging Face's own path, through peft's LoRA layers), so
+    hidden states and keys/values are equal, not merely close; with LoRA layers in the LM (applied by the fast path's
+    own F.linear calls), with the adapters disabled (pi0) and with the adapter merged (plain nn.Linear layers), with
+    and without left padding, in float32 and in bfloat16 (the dtype on a GPU: norms and rotary embeddings round there
+    between operators)."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from vla.modeling import _plain_lora
 
     policy = adapted_policy(lm_head=False)
-    if merged:
+    if adapter == "merged":
         policy.merge_adapters()
     policy.to(dtype)
-    assert any("lora" in type(m).__module__ for m in policy.vla.modules()) != merged
+    lora_layers = [m for m in policy.vla.modules() if isinstance(m, LoraLinear)]
+    assert all(_plain_lora(m) for m in lora_layers) and bool(lora_layers) != (adapter == "merged")
+    with policy.adapters_disabled() if adapter == "disabled" else contextlib.nullcontext():
+        _check_decode_against_llama_model(policy, padded)
+
+
+def _check_decode_against_llama_model(policy: VLAPolicy, padded: bool) -> None:
+    from transformers import DynamicCache
+
     images, instructions = observations(6)
     if not padded:
         instructions = [WORDS[0]] * len(instructions)
