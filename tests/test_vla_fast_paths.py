@@ -156,7 +156,7 @@ def test_precomputed_patch_embeddings_give_identical_scores_and_gradients():
 @pytest.mark.parametrize("adapter", ["active", "disabled", "merged"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padded, adapter, dtype):
-    """prefill/decode_step run the decoder layers through vla.modeling.decoder_layer / decoder_layer_step: the same
+    """prefill/decode_step run the decoder layers through vla.modeling.decoder_layer: the same
     operations as LlamaModel.forward with a DynamicCache (Hugging Face's own path, through peft's LoRA layers), so
     hidden states and keys/values are equal, not merely close; with LoRA layers in the LM (applied by the fast path's
     own F.linear calls), with the adapters disabled (pi0) and with the adapter merged (plain nn.Linear layers), with

@@ -180,8 +180,8 @@ def _plain_lora(layer: LoraLinear) -> bool:
 
 
 def _lora_linear(layer: LoraLinear, x: torch.Tensor) -> torch.Tensor:
-    """peft's LoRA Linear.forward (vanilla path: the result in the base layer's dtype, the input cast to each
-    adapter's dtype) with F.linear; equal bit for bit to it (tested through the decode paths)."""
+    """peft's LoRA Linear.forward (vanilla path, as of peft 0.21: the result in the base layer's dtype, the input cast
+    to each adapter's dtype) with F.linear; equal bit for bit to it (tests/test_vla_fast_paths.py guards that)."""
     base = layer.base_layer
     result = F.linear(x, base.weight, base.bias)
     if layer.disable_adapters:
@@ -255,39 +255,14 @@ def decoder_layer(
     return hidden + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
 
 
-def decoder_layer_step(
-    layer: LlamaDecoderLayer,
-    hidden: torch.Tensor,
-    rotary: tuple[torch.Tensor, torch.Tensor],
-    cache: PreallocatedKVCache,
-    mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """`decoder_layer` for one new token per row, on hidden [B, D] without the sequence axis: the same operations on
-    the same numbers (equal bit for bit, tested), with fewer reshapes. `rotary`: (cos, `_signed_sin`) [B, 1, Dh] of
-    the token's position; `mask`: [B, 1, 1, T] bool or None."""
-    attn = layer.self_attn
-    batch = hidden.shape[0]
-    x = _rms_norm(layer.input_layernorm, hidden)
-    query, key, value = (
-        _linear(proj, x).view(batch, -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
-    )  # [B, H, Dh]
-    query, key = _rotate(query, *rotary), _rotate(key, *rotary)
-    key, value = cache.update(key[:, :, None], value[:, :, None], attn.layer_idx)
-    out = F.scaled_dot_product_attention(
-        query[:, :, None], key, value, attn_mask=mask, scale=attn.scaling, enable_gqa=attn.num_key_value_groups > 1
-    )  # [B, H, 1, Dh]
-    hidden = hidden + _linear(attn.o_proj, out.reshape(batch, -1))
-    return hidden + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
-
-
 @dataclass
 class DecodeState:
     """What the cached decode steps need, built once by `prefill` for all of them."""
 
     cache: PreallocatedKVCache
     attention_mask: torch.Tensor | None  # [B, 1, 1, T + steps] bool (True: attend), None without padding
-    cos: torch.Tensor  # [B, steps, 1, Dh] rotary embedding of each decode step's position
-    signed_sin: torch.Tensor  # [B, steps, 1, Dh]: `_signed_sin` of its sin
+    cos: torch.Tensor  # [B, 1, steps, Dh] rotary embedding of each decode step's position
+    signed_sin: torch.Tensor  # [B, 1, steps, Dh]: `_signed_sin` of its sin
     step: int = 0  # decode steps done
 
 
@@ -470,21 +445,21 @@ class OpenVLA(nn.Module):
         if mask is not None:
             full = torch.cat([mm.attention_mask, mm.attention_mask.new_ones(batch, steps)], dim=1)
             step_mask = full.bool()[:, None, None, :]
-        state = DecodeState(cache, step_mask, cos[:, 0, length:, None], signed_sin[:, 0, length:, None])
+        state = DecodeState(cache, step_mask, cos[:, :, length:], signed_sin[:, :, length:])
         return _rms_norm(lm.norm, hidden[:, -1]), state
 
     def decode_step(self, token_ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed one token per row [B] through the KV cache (updating `state`); returns its hidden state [B, D]."""
         lm = self.language_model.model
-        hidden = lm.embed_tokens(token_ids)  # [B, D]
+        hidden = lm.embed_tokens(token_ids[:, None])  # [B, 1, D]
         step = state.step
-        rotary = (state.cos[:, step], state.signed_sin[:, step])
+        rotary = (state.cos[:, :, step : step + 1], state.signed_sin[:, :, step : step + 1])
         end = state.cache.length + 1
         mask = state.attention_mask[..., :end] if state.attention_mask is not None else None
         for layer in lm.layers[: lm.config.num_hidden_layers]:
-            hidden = decoder_layer_step(layer, hidden, rotary, state.cache, mask)
+            hidden = decoder_layer(layer, hidden, rotary, state.cache, mask)
         state.cache.length, state.step = end, step + 1
-        return _rms_norm(lm.norm, hidden)
+        return _rms_norm(lm.norm, hidden[:, -1])
 
     def action_hidden_states(
         self,
