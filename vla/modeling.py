@@ -169,11 +169,13 @@ def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _plain_lora(layer: LoraLinear) -> bool:
     """A peft LoRA layer whose forward is base(x) + B(A(x)) * scaling per active adapter (or base(x) alone when
-    adapters are disabled): not merged, no LoRA variant (DoRA, ...), plain nn.Linear factors, no active dropout."""
+    adapters are disabled): not merged, no LoRA variant (DoRA, ...), plain nn.Linear factors, no active dropout.
+    A peft without the attributes this relies on (`lora_variant`, `_cast_input_dtype`) gets its own forward."""
     parts = [layer.base_layer, *layer.lora_A.values(), *layer.lora_B.values()]
     return (
         not layer.merged
-        and not layer.lora_variant
+        and getattr(layer, "lora_variant", None) == {}
+        and hasattr(layer, "_cast_input_dtype")
         and all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in parts)
         and all(type(d) is nn.Identity or not d.training for d in layer.lora_dropout.values())
     )
