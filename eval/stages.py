@@ -80,7 +80,8 @@ class StageRunner:
                      for k in sorted(set(saved) | set(now)) if k not in ignore_keys and k not in grown
                      and saved.get(k, "<missing>") != now.get(k, "<missing>")]
             if diffs:
-                shrunk = [k for k in growable_keys if k in saved and saved.get(k) != now.get(k)]
+                shrunk = [k for k in growable_keys if isinstance(saved.get(k), list)
+                          and any(x not in (now.get(k) or []) for x in saved[k])]
                 raise ExperimentMismatch(
                     f"{self.dir} holds an experiment with a different config ({'; '.join(diffs)}). "
                     + (f"{', '.join(shrunk)} may only gain items (keep every saved one). " if shrunk else "")

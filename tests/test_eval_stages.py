@@ -61,6 +61,9 @@ def test_a_growable_list_may_gain_items_only(tmp_path):
         StageRunner(tmp_path / "exp", {"lrs": [3, 1], "n": [1]}, growable_keys=("lrs",), log=lambda *_: None)
     with pytest.raises(ExperimentMismatch, match=r"n: saved \[1\] != now \[1, 2\]"):  # not growable
         StageRunner(tmp_path / "exp", {"lrs": [3, 1, 2], "n": [1, 2]}, growable_keys=("lrs",), log=lambda *_: None)
+    with pytest.raises(ExperimentMismatch) as grown_and_changed:  # lrs grew (fine); n changed: only n is named
+        StageRunner(tmp_path / "exp", {"lrs": [3, 1, 2, 4], "n": [2]}, growable_keys=("lrs",), log=lambda *_: None)
+    assert "n: saved" in str(grown_and_changed.value) and "may only gain" not in str(grown_and_changed.value)
 
 
 def test_a_start_that_finished_no_stage_claims_nothing(tmp_path):

@@ -158,20 +158,17 @@ def test_precomputed_patch_embeddings_give_identical_scores_and_gradients():
 def test_prefill_and_decode_steps_equal_the_llama_model_forward_bit_for_bit(padded, adapter, dtype):
     """prefill/decode_step run the decoder layers through vla.modeling.decoder_layer: the same
     operations as LlamaModel.forward with a DynamicCache (Hugging Face's own path, through peft's LoRA layers), so
-    hidden states and keys/values are equal, not merely close; with LoRA layers in the LM (applied by the fast path's
-    own F.linear calls), with the adapters disabled (pi0) and with the adapter merged (plain nn.Linear layers), with
-    and without left padding, in float32 and in bfloat16 (the dtype on a GPU: norms and rotary embeddings round there
+    hidden states and keys/values are equal, not merely close; with LoRA layers in the LM, with the adapters disabled
+    (pi0) and with the adapter merged (plain nn.Linear layers, which the fast path applies with F.linear), with and
+    without left padding, in float32 and in bfloat16 (the dtype on a GPU: norms and rotary embeddings round there
     between operators)."""
     from peft.tuners.lora.layer import Linear as LoraLinear
-
-    from vla.modeling import _plain_lora
 
     policy = adapted_policy(lm_head=False)
     if adapter == "merged":
         policy.merge_adapters()
     policy.to(dtype)
-    lora_layers = [m for m in policy.vla.modules() if isinstance(m, LoraLinear)]
-    assert all(_plain_lora(m) for m in lora_layers) and bool(lora_layers) != (adapter == "merged")
+    assert any(isinstance(m, LoraLinear) for m in policy.vla.modules()) != (adapter == "merged")
     with policy.adapters_disabled() if adapter == "disabled" else contextlib.nullcontext():
         _check_decode_against_llama_model(policy, padded)
 

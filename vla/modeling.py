@@ -18,7 +18,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from accelerate import init_empty_weights
-from peft.tuners.lora.layer import Linear as LoraLinear
 from timm.layers import LayerScale
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -155,48 +154,11 @@ class PreallocatedKVCache:
 
 
 def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`module(x)` for the LM's linear layers, with the operations of their forward called directly for a plain
-    nn.Linear and for a vanilla LoRA layer (`_plain_lora`); anything else (hooks, merged or variant adapters, dropout
-    in training) goes through its forward. A small model's single-token step is mostly per-call overhead."""
-    if module._forward_hooks or module._forward_pre_hooks:
-        return module(x)
-    if type(module) is nn.Linear:
+    """`module(x)`; a plain nn.Linear without hooks is applied with F.linear directly (what its forward does), LoRA
+    layers and hooked modules through their forward. A small model's single-token step is mostly per-call overhead."""
+    if type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
         return F.linear(x, module.weight, module.bias)
-    if type(module) is LoraLinear and _plain_lora(module):
-        return _lora_linear(module, x)
     return module(x)
-
-
-def _plain_lora(layer: LoraLinear) -> bool:
-    """A peft LoRA layer whose forward is base(x) + B(A(x)) * scaling per active adapter (or base(x) alone when
-    adapters are disabled): not merged, no LoRA variant (DoRA, ...), plain nn.Linear factors, no active dropout.
-    A peft without the attributes this relies on (`lora_variant`, `_cast_input_dtype`) gets its own forward."""
-    parts = [layer.base_layer, *layer.lora_A.values(), *layer.lora_B.values()]
-    return (
-        not layer.merged
-        and getattr(layer, "lora_variant", None) == {}
-        and hasattr(layer, "_cast_input_dtype")
-        and all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in parts)
-        and all(type(d) is nn.Identity or not d.training for d in layer.lora_dropout.values())
-    )
-
-
-def _lora_linear(layer: LoraLinear, x: torch.Tensor) -> torch.Tensor:
-    """peft's LoRA Linear.forward (vanilla path, as of peft 0.21: the result in the base layer's dtype, the input cast
-    to each adapter's dtype) with F.linear; equal bit for bit to it (tests/test_vla_fast_paths.py guards that)."""
-    base = layer.base_layer
-    result = F.linear(x, base.weight, base.bias)
-    if layer.disable_adapters:
-        return result
-    result_dtype = result.dtype
-    for name in layer.active_adapters:
-        if name not in layer.lora_A:
-            continue
-        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-        x = layer._cast_input_dtype(x, lora_a.weight.dtype)
-        update = F.linear(F.linear(x, lora_a.weight, lora_a.bias), lora_b.weight, lora_b.bias)
-        result = result + update * layer.scaling[name]
-    return result.to(result_dtype)
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
